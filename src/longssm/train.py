@@ -59,13 +59,18 @@ def lr_at(step: int, cfg) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
 
 
+# State-space parameters that define the recurrence itself get no weight decay (as in Mamba and S5).
+NO_DECAY = ("A_log", "D", "dt_bias", "Lambda_re_log", "Lambda_im", "log_step", "B", "C")
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices only: not on norms, biases, embeddings, A_log, D, log-steps."""
+    """Weight decay on weight matrices only: not on norms, biases, embeddings, or the SSM's A, B, C, D, Δ."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.dim() >= 2 and "embedding" not in name and "lm_head" not in name:
+        leaf = name.rsplit(".", 1)[-1]
+        if p.dim() >= 2 and leaf not in NO_DECAY and "embedding" not in name and "lm_head" not in name:
             decay.append(p)
         else:
             no_decay.append(p)

@@ -1,0 +1,107 @@
+"""The command line end to end, and bad input: one-line error, non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def longssm(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "longssm", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def tiny_train_args(corpus: Path, cache: Path, run_dir: Path, *extra: str) -> list[str]:
+    return ["train", "--run-dir", str(run_dir), "--no-progress", "--data.train", str(corpus), "--data.valid", str(corpus),
+            "--data.cache_dir", str(cache), "--model.d_model", "16", "--model.n_layers", "1", "--model.d_state", "4",
+            "--train.seq_len", "8", "--train.batch_size", "4", "--train.steps", "6", "--train.warmup_steps", "1", *extra]
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "error" in lines[0], proc.stderr
+    assert needle in lines[0], lines[0]
+
+
+def test_train_eval_plot_end_to_end(tmp_path, corpus_file):
+    run = tmp_path / "run"
+    proc = longssm(*tiny_train_args(corpus_file, tmp_path / "cache", run, "--state.scheme", "previous"))
+    assert proc.returncode == 0, proc.stderr
+    assert (run / "final" / "model.safetensors").is_file() and (run / "config.yaml").is_file()
+    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 6 and "tokens_per_s" in records[-1] and "state_max_abs" in records[-1]
+    out = tmp_path / "eval.json"
+    proc = longssm("eval", str(run), "--data", str(corpus_file), "--lengths", "8,32,128", "--json", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert set(result["ppl_vs_length"]) == {"8", "32", "128"}
+    assert result["train_seq_len"] == 8 and result["scheme"] == "previous" and result["family"] == "mamba"
+    assert all(1.0 < v < 300 for v in result["ppl_vs_length"].values())
+    assert "| 8 | 32 | 128 |" in proc.stdout.replace("run | ", "")
+    png = tmp_path / "fig.png"
+    proc = longssm("plot", str(out), str(out), "--out", str(png))
+    assert proc.returncode == 0, proc.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.with_suffix(".csv").is_file()
+
+
+def test_missing_data_file(tmp_path, corpus_file):
+    proc = longssm(*tiny_train_args(tmp_path / "nope.txt", tmp_path / "cache", tmp_path / "run"))
+    assert_one_line_error(proc, "not found")
+
+
+def test_empty_data_file(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    proc = longssm(*tiny_train_args(empty, tmp_path / "cache", tmp_path / "run"))
+    assert_one_line_error(proc, "empty")
+
+
+def test_corpus_too_short_for_the_streams(tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("just a few bytes of text\n")
+    proc = longssm(*tiny_train_args(short, tmp_path / "cache", tmp_path / "run"))
+    assert_one_line_error(proc, "corpus too short")
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--model.nonsense", "3"], "unknown config key 'model.nonsense'"),
+        (["--train.steps", "many"], "train.steps must be an integer"),
+        (["--state.scheme", "magic"], "state.scheme must be one of"),
+        (["--model.family", "transformer"], "model.family must be one of"),
+        (["--config", "no-such.yaml"], "config file not found"),
+        (["--train.lr"], "has no value"),
+    ],
+)
+def test_bad_config(tmp_path, corpus_file, args, needle):
+    proc = longssm(*tiny_train_args(corpus_file, tmp_path / "cache", tmp_path / "run"), *args)
+    assert_one_line_error(proc, needle)
+
+
+def test_unknown_key_in_yaml(tmp_path, corpus_file):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  stepz: 3\n")
+    proc = longssm(*tiny_train_args(corpus_file, tmp_path / "cache", tmp_path / "run"), "--config", str(cfg))
+    assert_one_line_error(proc, "unknown config key 'train.stepz'")
+
+
+@pytest.mark.parametrize("lengths", ["abc", "16,-4", "0", ""])
+def test_bad_length_list(tmp_path, corpus_file, lengths):
+    run = tmp_path / "run"
+    assert longssm(*tiny_train_args(corpus_file, tmp_path / "cache", run)).returncode == 0
+    proc = longssm("eval", str(run), "--lengths", lengths, "--no-progress")
+    assert_one_line_error(proc, "--lengths")
+
+
+def test_eval_of_a_missing_run():
+    assert_one_line_error(longssm("eval", "/no/such/run"), "no such run")
