@@ -149,9 +149,10 @@ class StateSchemes:
         device = next(iter(self.template.values())).device
         self.count = int(sd["count"])
         self.gen.set_state(sd["rng"])
-        self.mean = {k: sd[f"fit_mean.{k}"].to(device) for k in self.template}
-        self.sq = {k: sd[f"fit_sq.{k}"].to(device) for k in self.template}
+        # .clone(): fresh, aligned memory (see models.base.load_state) so a resume stays bit-identical
+        self.mean = {k: sd[f"fit_mean.{k}"].to(device).clone() for k in self.template}
+        self.sq = {k: sd[f"fit_sq.{k}"].to(device).clone() for k in self.template}
         if any(k.startswith("carried.") for k in sd):
-            self.carried = {k: sd[f"carried.{k}"].to(device) for k in self.template}
+            self.carried = {k: sd[f"carried.{k}"].to(device).clone() for k in self.template}
         else:
             self.carried = None

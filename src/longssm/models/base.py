@@ -81,3 +81,21 @@ def layer_of(key: str) -> str:
 def state_norms(state: State) -> dict[str, float]:
     """Per state tensor, the largest absolute value over the batch: ``{"layers.0.ssm": max|h|, ...}``."""
     return {k: float(v.detach().abs().max()) if v.numel() else 0.0 for k, v in state.items()}
+
+
+def save_state(state: State, path) -> None:
+    """Write a state to safetensors (detached, contiguous, on the CPU)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path))
+
+
+def load_state(path, device: torch.device | str = "cpu") -> State:
+    """Read a state written by ``save_state``.
+
+    The tensors are copied into fresh allocations: memory-mapped safetensors data is not 64-byte aligned, and
+    some CPU kernels (e.g. ``nn.GRU``) then round differently, which would break bit-exact continuation.
+    """
+    from safetensors.torch import load_file
+
+    return {k: v.to(device).clone() for k, v in load_file(str(path)).items()}
