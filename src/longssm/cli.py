@@ -35,9 +35,17 @@ def eval_command(run: str, data: str | None, lengths: str | None, json_out: str 
                  plots: str | None = None, cache_dir: str | None = None, no_cache: bool = False, state: str = "zero",
                  order: str = "consecutive", seed: int = 0, batch_tokens: int | None = None,
                  position_length: int | None = None, effrem_length: int | None = None, effrem_sequences: int = 8,
-                 passkey_lengths: str | None = None, passkey_depths: str | None = None, passkey_trials: int = 4) -> None:
+                 passkey_lengths: str | None = None, passkey_depths: str | None = None, passkey_trials: int = 4,
+                 threads: int | None = None) -> None:
+    import torch
+
     from .evaluate.perplexity import parse_lengths
     from .evaluate.run import evaluate_run, write_outputs
+
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"--threads must be >= 1; got {threads}")
+        torch.set_num_threads(threads)
 
     for flag, value in (("--max-tokens", max_tokens), ("--batch-tokens", batch_tokens), ("--position-length", position_length),
                         ("--effrem-length", effrem_length), ("--effrem-sequences", effrem_sequences),
@@ -45,11 +53,11 @@ def eval_command(run: str, data: str | None, lengths: str | None, json_out: str 
         if value is not None and value < 1:
             raise UserError(f"{flag} must be >= 1; got {value}")
     result = evaluate_run(
-        run, data, parse_lengths(lengths) if lengths else None, max_tokens, chunk, batch_tokens, device=device,
+        run, data, parse_lengths(lengths) if lengths is not None else None, max_tokens, chunk, batch_tokens, device=device,
         progress=not no_progress, metrics=metrics, eval_state=state, order=order, seed=seed, cache_dir=cache_dir,
         use_cache=not no_cache, position_length=position_length, effrem_length=effrem_length,
         effrem_sequences=effrem_sequences,
-        passkey_lengths=parse_lengths(passkey_lengths, "--passkey-lengths") if passkey_lengths else None,
+        passkey_lengths=parse_lengths(passkey_lengths, "--passkey-lengths") if passkey_lengths is not None else None,
         passkey_depths=_floats(passkey_depths, "--passkey-depths"), passkey_trials=passkey_trials,
     )
     print(write_outputs(result, json_out, plots))
@@ -76,8 +84,8 @@ def compare_command(results: list[str], out: str, data: str | None = None, lengt
     loaded = []
     for r in results:
         if Path(r).is_dir():  # a run or checkpoint: evaluate ppl_vs_length (cached in <run>/eval_cache)
-            loaded.append(evaluate_run(r, data, parse_lengths(lengths) if lengths else None, max_tokens, device=device,
-                                       progress=not no_progress))
+            loaded.append(evaluate_run(r, data, parse_lengths(lengths) if lengths is not None else None, max_tokens,
+                                       device=device, progress=not no_progress))
         else:
             loaded.append(load_result(r))
     summary = compare(loaded, out)
@@ -131,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cache-dir", help="evaluation cache directory (default <run>/eval_cache)")
     e.add_argument("--no-cache", action="store_true", help="neither read nor write the evaluation cache")
     e.add_argument("--device", default="auto")
+    e.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is fastest on a busy machine)")
     e.add_argument("--no-progress", action="store_true")
 
     pl = sub.add_parser("plot", help="plot perplexity vs length of one or more eval JSON files")

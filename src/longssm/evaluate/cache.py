@@ -1,0 +1,68 @@
+"""Evaluation results cached per (checkpoint hash, data hash, metric, L, settings), so re-plotting never recomputes.
+
+One small JSON file per entry: ``<cache_dir>/<metric>/L<length>-<key>.json`` where key hashes the model file's
+SHA-256, the corpus digest and every setting that changes the numbers (not chunk size or device: the chunked
+recurrence is exact). Files are written atomically; a corrupt file is treated as a miss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def file_hash(path: str | Path) -> str:
+    """SHA-256 (first 16 hex digits) of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+class EvalCache:
+    """``cache.get_or_compute(metric, L, settings, compute)``; ``directory=None`` disables caching."""
+
+    def __init__(self, directory: str | Path | None, model_hash: str, data_hash: str) -> None:
+        self.directory = Path(directory) if directory is not None else None
+        self.model_hash, self.data_hash = model_hash, data_hash
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, metric: str, length: int, settings: dict[str, Any]) -> Path:
+        assert self.directory is not None
+        blob = json.dumps({"model": self.model_hash, "data": self.data_hash, "metric": metric, "L": length,
+                           **settings}, sort_keys=True)
+        key = hashlib.sha256(blob.encode()).hexdigest()[:20]
+        return self.directory / metric / f"L{length}-{key}.json"
+
+    def get_or_compute(self, metric: str, length: int, settings: dict[str, Any], compute: Callable[[], Any]) -> Any:
+        if self.directory is None:
+            self.misses += 1
+            return compute()
+        path = self.path(metric, length, settings)
+        if path.is_file():
+            try:
+                value = json.loads(path.read_text())["value"]
+                self.hits += 1
+                return value
+            except (json.JSONDecodeError, KeyError, OSError):
+                pass
+        self.misses += 1
+        value = compute()
+        self.put(path, metric, length, settings, value)
+        return value
+
+    def put(self, path: Path, metric: str, length: int, settings: dict[str, Any], value: Any) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps({"model": self.model_hash, "data": self.data_hash, "metric": metric,
+                                       "L": length, "settings": settings, "value": value}))
+            os.replace(tmp, path)
+        except OSError:  # a read-only run directory: evaluate without caching
+            pass

@@ -1,0 +1,249 @@
+"""Perplexity vs evaluation length (LongSSM [1]) and position-wise loss, as an exact chunked recurrence.
+
+References
+    [1] Wang et al., "LongSSM: On the Length Extension of State-space Models in Language Modelling", 2024
+        (Sec. 4: perplexity at evaluation lengths 16·2^i; its code also reports a state carried across
+        evaluation sequences).
+
+Glossary
+    N  evaluation targets, the same at every length: the largest multiple of max(L) that the data holds
+    L  evaluation length        n = N / L  sequences        R  parallel streams (carried-state mode)
+    q(y | x)  the model's next-token distribution; nll = −log q(y_t | x_{≤t})
+
+For each length L the token stream is cut into n non-overlapping sequences, sequence i = tokens[i·L : i·L + L + 1]
+(L inputs, L targets shifted by one), and
+
+    ppl(L) = exp( 1/N · Σ_i Σ_{t<L} nll_i(t) )                                      (1)
+    pos(L, t) = 1/n · Σ_i nll_i(t),     so that   ppl(L) = exp( mean_t pos(L, t) )     (2)
+
+Each sequence starts from a zero state (``eval_state="zero"``, the paper's metric). With
+``eval_state="previous"`` the n sequences are laid out as R = ⌈n/16⌉ contiguous streams (``order="consecutive"``) or,
+after a seeded permutation, as R streams of unrelated sequences (``order="shuffled"``); every sequence starts
+from the final state of the one before it in its stream, and the first of every stream from zeros. The order
+does not change the zero-state result.
+
+Sequences run as rows of a batch, fed in chunks of at most ``chunk`` tokens with the state carried, and at most
+``tokens_per_forward`` tokens (rows × chunk) per forward call: peak memory does not grow with L.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import UserError
+from ..models.base import State, concat_states, select_rows
+
+DEFAULT_LENGTHS = [16 * 2**i for i in range(12)]  # 16 ... 32768
+EVAL_STATES = ("zero", "previous")
+ORDERS = ("consecutive", "shuffled")
+SEQUENCES_PER_STREAM = 16
+"""Carried-state mode: consecutive evaluation sequences per stream (so R = ⌈n / 16⌉ streams start from zeros)."""
+
+OnSegment = Callable[[slice, int, State], None]
+"""``on_segment(rows, t_end, state)``: called after every forward call with the rows it covered and the state
+after ``t_end`` tokens of those rows (state statistics hook)."""
+
+
+def parse_lengths(text: str, flag: str = "--lengths") -> list[int]:
+    """``"16,64,256"`` -> [16, 64, 256]; one-line errors for anything else."""
+    try:
+        lengths = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{flag} must be comma-separated positive integers such as 16,64,256; got {text!r}") from None
+    if not lengths or any(x < 1 for x in lengths):
+        raise UserError(f"{flag} must be comma-separated positive integers such as 16,64,256; got {text!r}")
+    return sorted(set(lengths))
+
+
+def eval_token_count(n_available: int, lengths: Iterable[int], max_tokens: int | None) -> int:
+    """N, the targets used at every length: the largest multiple of max(L) that fits the data and the budget."""
+    longest = max(lengths)
+    budget = n_available - 1 if max_tokens is None else min(n_available - 1, max_tokens)
+    n = (max(budget, 0) // longest) * longest
+    if n == 0:
+        if max_tokens is not None and max_tokens < longest <= n_available - 1:
+            raise UserError(f"evaluation length {longest} is longer than --max-tokens {max_tokens}; raise --max-tokens")
+        raise UserError(
+            f"evaluation length {longest} is longer than the data: {n_available} tokens give at most "
+            f"{max(n_available - 1, 0)} targets; use shorter --lengths or more data"
+        )
+    return n
+
+
+def default_tokens_per_forward(vocab_size: int) -> int:
+    """Rows × chunk per forward call: large for small vocabularies, bounded so logits stay ≲ 400 MB."""
+    return max(1024, min(16384, (2**27 // max(vocab_size, 1)) // 1024 * 1024))
+
+
+def make_sequences(tokens: np.ndarray, length: int, n_targets: int) -> Tensor:
+    """(n_targets / L, L + 1) int64: sequence i = tokens[i·L : i·L + L + 1]."""
+    n = n_targets // length
+    idx = np.arange(n)[:, None] * length + np.arange(length + 1)[None, :]
+    return torch.from_numpy(np.asarray(tokens[: n_targets + 1]).astype(np.int64)[idx])
+
+
+def _segments(length: int, chunk: int, cuts: Iterable[int] = ()) -> list[tuple[int, int]]:
+    """[(t0, t1), ...] covering [0, length): every multiple of ``chunk`` and every cut in (0, length) is a boundary."""
+    edges = set(range(0, length, chunk)) | {c for c in cuts if 0 < c < length} | {length}
+    edges = sorted(edges | {0})
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _nll(logits: Tensor, targets: Tensor) -> Tensor:
+    """logits (b, l, V), targets (b, l) -> (b, l) in float64 (float32 logits are upcast after the log-softmax)."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+    return nll.view(targets.shape).double()
+
+
+@torch.no_grad()
+def sequence_losses(
+    model: torch.nn.Module,
+    seqs: Tensor,
+    chunk: int = 1024,
+    tokens_per_forward: int = 4096,
+    initial_state: State | None = None,
+    device: torch.device | str = "cpu",
+    progress=None,
+    cuts: Sequence[int] = (),
+    on_segment: OnSegment | None = None,
+) -> tuple[Tensor, State]:
+    """Per-token nll of ``seqs`` (n, L+1) → (n, L) float64 on the CPU, and the final states (n rows, on ``device``).
+
+    Rows are processed ``max(1, tokens_per_forward // chunk)`` at a time; within a group the sequence is fed in
+    segments (every ``chunk`` tokens and at every position in ``cuts``) with the state carried, so
+    peak memory is O(tokens_per_forward · V) whatever L is. ``initial_state`` (n rows) or None = zeros.
+    """
+    n, l_plus = seqs.shape
+    length = l_plus - 1
+    chunk = max(1, min(chunk, length))
+    rows = max(1, tokens_per_forward // chunk)
+    segments = _segments(length, chunk, cuts)
+    out = torch.empty(n, length, dtype=torch.float64)
+    finals: list[State] = []
+    for r0 in range(0, n, rows):
+        r1 = min(r0 + rows, n)
+        block = seqs[r0:r1].to(device)
+        state = None if initial_state is None else select_rows(initial_state, slice(r0, r1))
+        for t0, t1 in segments:
+            logits, state = model(block[:, t0:t1], state)
+            out[r0:r1, t0:t1] = _nll(logits, block[:, t0 + 1 : t1 + 1]).cpu()
+            del logits
+            if on_segment is not None:
+                on_segment(slice(r0, r1), t1, state)
+            if progress is not None:
+                progress.update((r1 - r0) * (t1 - t0))
+        finals.append(state)
+    return out, concat_states(finals)
+
+
+@torch.no_grad()
+def length_curve(
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    length: int,
+    n_targets: int,
+    eval_state: str = "zero",
+    order: str = "consecutive",
+    seed: int = 0,
+    streams: int | None = None,
+    chunk: int = 1024,
+    tokens_per_forward: int = 4096,
+    device: torch.device | str = "cpu",
+    progress=None,
+    cuts: Sequence[int] = (),
+    on_segment: OnSegment | None = None,
+) -> np.ndarray:
+    """pos(L, t) of Eq. (2): mean nll at each position t over the n = N/L sequences, (L,) float64.
+
+    ``eval_state="previous"``: R = ``streams`` (default ⌈n / 16⌉) streams run in parallel (in row groups of
+    ``tokens_per_forward``); stream r holds sequences order[r·k : r·k + k], k = ⌈n / R⌉, each started from the
+    final state of the previous one in the stream. With the default, 1/16 of the sequences start from zeros at
+    every L with n ≥ 16. ``on_segment`` sees zero-state runs only (rows are sequences).
+    """
+    if eval_state not in EVAL_STATES:
+        raise UserError(f"eval state must be one of {', '.join(EVAL_STATES)}; got {eval_state!r}")
+    if order not in ORDERS:
+        raise UserError(f"order must be one of {', '.join(ORDERS)}; got {order!r}")
+    seqs = make_sequences(tokens, length, n_targets)
+    n = seqs.shape[0]
+    if eval_state == "zero":
+        nll, _ = sequence_losses(model, seqs, chunk, tokens_per_forward, device=device, progress=progress,
+                                 cuts=cuts, on_segment=on_segment)
+        return nll.mean(0).numpy()
+
+    perm = np.random.default_rng(seed).permutation(n) if order == "shuffled" else np.arange(n)
+    R = min(n, streams or math.ceil(n / SEQUENCES_PER_STREAM))
+    k = math.ceil(n / R)
+    R = math.ceil(n / k)  # streams actually used; only the last one may be shorter
+    total = torch.zeros(length, dtype=torch.float64)
+    state: State | None = None
+    for s in range(k):
+        active = [r for r in range(R) if r * k + s < n]  # a prefix of the streams
+        idx = torch.as_tensor(perm[[r * k + s for r in active]])
+        if state is not None and len(active) < next(iter(state.values())).shape[0]:
+            state = select_rows(state, slice(0, len(active)))
+        nll, state = sequence_losses(model, seqs[idx], chunk, tokens_per_forward, initial_state=state, device=device,
+                                     progress=progress)
+        total += nll.sum(0)
+    return (total / n).numpy()
+
+
+def ppl_vs_length(
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    lengths: list[int],
+    max_tokens: int | None = None,
+    chunk: int = 1024,
+    tokens_per_forward: int = 4096,
+    eval_state: str = "zero",
+    order: str = "consecutive",
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> dict[str, float]:
+    """{str(L): ppl(L)} of Eq. (1) over the same N targets for every L (see the module docstring)."""
+    from tqdm.auto import tqdm
+
+    n_targets = eval_token_count(len(tokens), lengths, max_tokens)
+    result: dict[str, float] = {}
+    with tqdm(total=n_targets * len(lengths), desc="ppl vs length", unit="tok", disable=not progress, leave=False) as bar:
+        for length in lengths:
+            curve = length_curve(model, tokens, length, n_targets, eval_state, order, seed, chunk=chunk,
+                                 tokens_per_forward=tokens_per_forward, device=device, progress=bar)
+            result[str(length)] = math.exp(float(curve.mean()))
+    return result
+
+
+def log_bins(length: int, per_octave: int = 1) -> list[tuple[int, int]]:
+    """Log-spaced bins of context size c = t + 1 ∈ [1, L]: [(lo, hi)] inclusive, lo = ⌈2^(j/per_octave)⌉, no empty bins."""
+    edges = sorted({math.ceil(2 ** (j / per_octave)) for j in range(int(per_octave * math.log2(max(length, 1))) + 2)})
+    edges = [e for e in edges if e <= length] + [length + 1]
+    return [(lo, hi - 1) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
+
+
+def position_summary(curve: np.ndarray, n_sequences: int, per_octave: int = 8) -> dict:
+    """Position-wise loss ``curve`` (L,) → JSON: octave bins (context 1, 2–3, 4–7, ...) and a finer log-binned curve."""
+    length = len(curve)
+
+    def binned(per: int) -> list[dict]:
+        out = []
+        for lo, hi in log_bins(length, per):
+            loss = float(curve[lo - 1 : hi].mean())
+            out.append({"lo": lo, "hi": hi, "loss": loss, "ppl": math.exp(loss)})
+        return out
+
+    return {
+        "length": length,
+        "n_sequences": n_sequences,
+        "ppl": math.exp(float(curve.mean())),
+        "bins": binned(1),
+        "curve": [{"context": round(math.sqrt(b["lo"] * b["hi"]), 2), "loss": b["loss"]} for b in binned(per_octave)],
+    }

@@ -1,0 +1,139 @@
+"""Effective Remembrance (Buitrago Ruiz & Gu [1]): how much does the model's prediction still depend on old tokens?
+
+References
+    [1] Buitrago Ruiz & Gu, "Understanding and Improving Length Generalization in Recurrent Models", 2025,
+        Sec. 3 (Effective Remembrance).
+
+Glossary
+    T  context length (one evaluation sequence x[0:T])      t  start of the truncated context, 0 ≤ t < T
+    q(· | x[a:T])  the next-token distribution after x[a:T], run from a zero state     V  vocabulary
+    m  number of grid points t                              g  sequences per batch
+
+    EffRem_T(t) = TV( q(·|x[0:T]), q(·|x[t:T]) ),    TV(q, q') = ½ Σ_v |q(v) − q'(v)|         (1)
+
+averaged over sequences, for t on a grid log-spaced from both ends: 0, 1, 2, 4, ..., and T − 1, T − 2, T − 4, ... EffRem_T(0) = 0; a model that has
+forgotten everything before t gives EffRem_T(t') = 0 for all t' ≤ t; a model with no memory at all gives 0
+everywhere (the last token is always in the context).
+
+Cost. One forward of T − t tokens per grid point per sequence: Σ_t (T − t) ≈ T · (log2(T) + 2) tokens per
+sequence (T = 4096: ≈ 57k tokens; T = 32768: ≈ 524k tokens), i.e. ~log2 T times the cost of one perplexity
+pass; the points near T (short kept contexts) cost almost nothing.
+
+Batching. The grid points of g sequences are rows of one batch (row j·g + s = sequence s truncated at t_j).
+All rows walk the same time axis in segments whose boundaries include every t_j; the rows of t_j join the
+batch, from a zero state, when the walk reaches t_j, so every row is an exact chunked recurrence over x[t_j:T]
+and no token before t_j is ever fed to it. Rows × segment length ≤ ``tokens_per_forward`` bounds memory.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import UserError
+from ..models.base import State, concat_states, select_rows
+
+
+def effrem_grid(T: int) -> list[int]:
+    """Log-spaced from both ends: 0, 1, 2, 4, ..., 2^k < T, and T − 2^k (kept context 2^k = 1, 2, 4, ...)."""
+    powers = [2**k for k in range(int(math.log2(max(T, 1))) + 1) if 2**k < T]
+    grid = {0} | set(powers) | {T - p for p in powers} | {T - 1}
+    return sorted(g for g in grid if 0 <= g < T)
+
+
+def tv_distance(logits_a: Tensor, logits_b: Tensor) -> Tensor:
+    """½ Σ_v |softmax(a) − softmax(b)| over the last dimension, in float64: (..., V) × (..., V) -> (...)."""
+    p, q = torch.softmax(logits_a.double(), -1), torch.softmax(logits_b.double(), -1)
+    return 0.5 * (p - q).abs().sum(-1)
+
+
+@torch.no_grad()
+def last_logits_truncated(
+    model: torch.nn.Module,
+    seqs: Tensor,
+    ts: list[int],
+    chunk: int = 1024,
+    tokens_per_forward: int = 4096,
+    device: torch.device | str = "cpu",
+    progress=None,
+) -> Tensor:
+    """Logits after x[t:T] for every t in ``ts`` (sorted, t < T) and every row of ``seqs`` (g, T): (m, g, V).
+
+    The batched walk of the module docstring: rows of grid point j join at time t_j from a zero state.
+    """
+    g, T = seqs.shape
+    m = len(ts)
+    seqs = seqs.to(device)
+    edges = sorted(set(ts) | set(range(0, T, max(1, chunk))) | {T})
+    state: State | None = None
+    joined = 0  # grid points whose rows are in the batch: rows [0, joined·g)
+    last = None
+    for t0, t1 in zip(edges[:-1], edges[1:]):
+        while joined < m and ts[joined] <= t0:
+            fresh = model.initial_state(g, device=device)
+            state = fresh if state is None else concat_states([state, fresh])
+            joined += 1
+        rows = joined * g
+        step = max(1, tokens_per_forward // rows)  # rows × step ≤ tokens_per_forward
+        for a in range(t0, t1, step):
+            b = min(a + step, t1)
+            x = seqs[:, a:b].repeat(joined, 1)  # (joined·g, b − a), row j·g + s = sequence s
+            logits, state = model(x, state)
+            if b == T:
+                last = logits[:, -1].float() if logits.dtype in (torch.float16, torch.bfloat16) else logits[:, -1]
+            del logits
+            if progress is not None:
+                progress.update(rows * (b - a))
+    assert last is not None and joined == m
+    return last.view(m, g, -1).cpu()
+
+
+def effective_remembrance(
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    T: int,
+    n_sequences: int = 8,
+    ts: list[int] | None = None,
+    chunk: int = 1024,
+    tokens_per_forward: int = 4096,
+    device: torch.device | str = "cpu",
+    progress=None,
+) -> dict:
+    """EffRem_T(t) of Eq. (1), averaged over the first ``n_sequences`` non-overlapping windows x[i·T : (i+1)·T].
+
+    Returns ``{"T", "n_sequences", "t": [...], "effrem": [...], "per_sequence_std": [...], "tokens_fed"}``.
+    """
+    if T < 1:
+        raise UserError(f"effective remembrance length must be >= 1; got {T}")
+    available = len(tokens) // T
+    if available < 1:
+        raise UserError(f"effective remembrance length {T} is longer than the data ({len(tokens)} tokens); "
+                        f"use a shorter --effrem-length")
+    n = min(n_sequences, available)
+    ts = sorted(set(ts)) if ts is not None else effrem_grid(T)
+    if ts[0] != 0 or ts[-1] >= T:
+        raise UserError(f"effective remembrance grid must start at 0 and stay below T={T}; got {ts}")
+    windows = torch.from_numpy(np.asarray(tokens[: n * T]).astype(np.int64).reshape(n, T))
+    m = len(ts)
+    g = max(1, min(n, tokens_per_forward // (m * min(chunk, T))))
+    tv = []
+    for s0 in range(0, n, g):
+        last = last_logits_truncated(model, windows[s0 : s0 + g], ts, chunk, tokens_per_forward, device, progress)
+        tv.append(tv_distance(last[0:1], last))  # (m, g): against the full context, t = 0
+    tv_all = torch.cat(tv, dim=1)  # (m, n)
+    return {
+        "T": T,
+        "n_sequences": n,
+        "t": ts,
+        "effrem": tv_all.mean(1).tolist(),
+        "per_sequence_std": tv_all.std(1, unbiased=False).tolist(),
+        "tokens_fed": n * sum(T - t for t in ts),
+    }
+
+
+def effrem_cost(T: int, n_sequences: int) -> int:
+    """Tokens fed by ``effective_remembrance``: n · Σ_t (T − t) over the default grid."""
+    return n_sequences * sum(T - t for t in effrem_grid(T))

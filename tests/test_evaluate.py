@@ -1,0 +1,322 @@
+"""Evaluation metrics against independent references: full-sequence forwards, naive loops, toy models whose
+memory is known exactly (none, a fixed window, an n-gram copier), and a counter whose state norm is its position."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from longssm.config import ModelConfig
+from longssm.data.tokenizer import ByteTokenizer
+from longssm.evaluate.passkey import build_prompt, min_prompt_length, passkey_grid
+from longssm.evaluate.perplexity import (eval_token_count, length_curve, log_bins, make_sequences, position_summary,
+                                         ppl_vs_length, sequence_losses)
+from longssm.evaluate.remembrance import effective_remembrance, effrem_grid, last_logits_truncated, tv_distance
+from longssm.evaluate.state_stats import StateStats, log_grid, state_statistics
+from longssm.evaluate.sweep import length_extension_verdict, sweep_grid
+from longssm.errors import UserError
+from longssm.models.mamba import MambaLM
+
+V = 23
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny forwards are dominated by thread start-up on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_mamba(seed: int = 0, vocab: int = V) -> MambaLM:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(family="mamba", vocab_size=vocab, d_model=8, n_layers=2, d_state=4, expand=2, d_conv=3, dt_rank=2)
+    model = MambaLM(cfg).double()
+    with torch.no_grad():  # larger Δ so the state carries real memory
+        for layer in model.backbone.layers:
+            layer.mixer.dt_proj.bias.add_(1.5)
+    return model.eval()
+
+
+def random_tokens(n: int, vocab: int = V, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, vocab, n).astype(np.uint16)
+
+
+class WindowLM(torch.nn.Module):
+    """Logits = W · Σ of the embeddings of the last k tokens: memory is exactly k tokens (k = 1: none)."""
+
+    def __init__(self, k: int, vocab: int = V, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.k, self.vocab = k, vocab
+        self.emb = torch.nn.Parameter(torch.randn(vocab, 6, generator=g, dtype=torch.float64))
+        self.out = torch.nn.Parameter(torch.randn(6, vocab, generator=g, dtype=torch.float64))
+
+    def initial_state(self, batch_size, device=None, dtype=None):
+        return {"layers.0.window": torch.zeros(batch_size, max(self.k - 1, 1), 6, dtype=torch.float64)}
+
+    def forward(self, tokens, state=None):
+        state = state or self.initial_state(tokens.shape[0])
+        past = state["layers.0.window"][:, -(self.k - 1):] if self.k > 1 else state["layers.0.window"][:, :0]
+        seq = torch.cat([past, self.emb[tokens]], dim=1)  # (b, k-1+l, 6)
+        h = torch.stack([seq[:, i : i + self.k].sum(1) for i in range(tokens.shape[1])], dim=1)
+        new = seq[:, -(self.k - 1):] if self.k > 1 else state["layers.0.window"]
+        return 3.0 * h @ self.out, {"layers.0.window": new}
+
+
+class CounterLM(torch.nn.Module):
+    """State h = number of tokens seen; uniform logits. ‖h(c)‖ = c exactly."""
+
+    def initial_state(self, batch_size, device=None, dtype=None):
+        return {"layers.0.count": torch.zeros(batch_size, 1, dtype=torch.float64)}
+
+    def forward(self, tokens, state=None):
+        state = state or self.initial_state(tokens.shape[0])
+        return torch.zeros(*tokens.shape, V, dtype=torch.float64), {"layers.0.count": state["layers.0.count"] + tokens.shape[1]}
+
+
+class CopyLM(torch.nn.Module):
+    """An induction oracle over bytes: predicts the token that followed the most recent earlier occurrence of the
+    last K tokens (uniform if none). Its state is the whole history (test sizes only)."""
+
+    def __init__(self, K: int = 6, H: int = 1024) -> None:
+        super().__init__()
+        self.K, self.H = K, H
+
+    def initial_state(self, batch_size, device=None, dtype=None):
+        return {"layers.0.hist": torch.full((batch_size, self.H), -1.0, dtype=torch.float64),
+                "layers.0.len": torch.zeros(batch_size, 1, dtype=torch.float64)}
+
+    def forward(self, tokens, state=None):
+        state = state or self.initial_state(tokens.shape[0])
+        hist, n = state["layers.0.hist"].clone(), state["layers.0.len"].clone()
+        b, l = tokens.shape
+        logits = torch.zeros(b, l, 256, dtype=torch.float64)
+        for r in range(b):
+            h = hist[r].numpy()
+            m = int(n[r, 0])
+            for i in range(l):
+                h[m] = float(tokens[r, i])
+                m += 1
+                if m > self.K:
+                    win = np.lib.stride_tricks.sliding_window_view(h[: m - 1], self.K)  # windows ending before m-1
+                    hits = np.nonzero((win == h[m - self.K : m]).all(1))[0]
+                    if len(hits):
+                        logits[r, i, int(h[hits[-1] + self.K])] = 30.0
+            n[r, 0] = m
+        return logits, {"layers.0.hist": hist, "layers.0.len": n}
+
+
+class BigramLM(torch.nn.Module):
+    """Random bigram logits: no memory, no knowledge of any key."""
+
+    def __init__(self, vocab: int = 256, seed: int = 0) -> None:
+        super().__init__()
+        self.W = torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2
+
+    def initial_state(self, batch_size, device=None, dtype=None):
+        return {"layers.0.dummy": torch.zeros(batch_size, 1, dtype=torch.float64)}
+
+    def forward(self, tokens, state=None):
+        return self.W[tokens], state or self.initial_state(tokens.shape[0])
+
+
+# --- perplexity vs length ---------------------------------------------------------------------------------
+
+
+def direct_ppl(model, tokens: np.ndarray, length: int, n_targets: int) -> float:
+    """Every sequence in one full forward from a zero state, no chunks, no row groups."""
+    seqs = make_sequences(tokens, length, n_targets)
+    with torch.no_grad():
+        logits, _ = model(seqs[:, :-1])
+    nll = F.cross_entropy(logits.flatten(0, 1), seqs[:, 1:].flatten(), reduction="none")
+    return math.exp(float(nll.mean()))
+
+
+def test_chunked_ppl_equals_full_sequence_float64():
+    model, tokens = tiny_mamba(), random_tokens(300)
+    lengths = [4, 8, 16, 32]
+    got = ppl_vs_length(model, tokens, lengths, chunk=5, tokens_per_forward=12)  # many chunks and row groups
+    n = eval_token_count(len(tokens), lengths, None)
+    assert n == 288
+    for L in lengths:
+        want = direct_ppl(model, tokens, L, n)
+        assert abs(got[str(L)] - want) / want < 1e-12, (L, got[str(L)], want)
+    assert len({round(v, 6) for v in got.values()}) == len(lengths)  # lengths really differ
+
+
+@pytest.mark.parametrize("order", ["consecutive", "shuffled"])
+@pytest.mark.parametrize("streams", [1, 3, 5])
+def test_carried_state_equals_sequential_streams(order, streams):
+    model, tokens = tiny_mamba(1), random_tokens(200, seed=1)
+    L, n_targets = 8, 96
+    seqs = make_sequences(tokens, L, n_targets)
+    n = seqs.shape[0]
+    perm = np.random.default_rng(7).permutation(n) if order == "shuffled" else np.arange(n)
+    k = math.ceil(n / streams)
+    total = []
+    with torch.no_grad():
+        for r in range(math.ceil(n / k)):  # each stream, one sequence after another, full forwards
+            state = None
+            for i in perm[r * k : (r + 1) * k]:
+                logits, state = model(seqs[i : i + 1, :-1], state)
+                total.append(F.cross_entropy(logits[0], seqs[i, 1:], reduction="none"))
+    want = float(torch.cat(total).mean())
+    got = length_curve(model, tokens, L, n_targets, "previous", order, seed=7, streams=streams, chunk=3,
+                       tokens_per_forward=6).mean()
+    assert abs(got - want) < 1e-12
+    zero = length_curve(model, tokens, L, n_targets, "zero").mean()
+    assert abs(got - zero) > 1e-7  # the carried state matters
+
+
+def test_consecutive_single_stream_is_length_independent():
+    """One stream in consecutive order is the whole token stream: every L gives the same perplexity."""
+    model, tokens = tiny_mamba(2), random_tokens(130, seed=2)
+    vals = [length_curve(model, tokens, L, 128, "previous", streams=1, chunk=7).mean() for L in (4, 16, 64)]
+    assert max(vals) - min(vals) < 1e-12
+
+
+def test_position_losses_average_to_ppl_at_same_length():
+    model, tokens = tiny_mamba(3), random_tokens(400, seed=3)
+    lengths = [16, 64]
+    ppl = ppl_vs_length(model, tokens, lengths)
+    n = eval_token_count(len(tokens), lengths, None)
+    stats = StateStats(64)  # the position pass with the state-statistics cuts and hook
+    nll, _ = sequence_losses(model, make_sequences(tokens, 64, n), chunk=10, tokens_per_forward=20, cuts=stats.positions,
+                             on_segment=stats)
+    curve = nll.mean(0).numpy()
+    assert abs(math.exp(curve.mean()) - ppl["64"]) < 1e-10
+    summary = position_summary(curve, nll.shape[0])
+    weights = [b["hi"] - b["lo"] + 1 for b in summary["bins"]]
+    assert sum(weights) == 64
+    assert abs(math.exp(np.average([b["loss"] for b in summary["bins"]], weights=weights)) - ppl["64"]) < 1e-10
+    assert abs(summary["ppl"] - ppl["64"]) < 1e-10
+
+
+def test_log_bins_cover_every_position_once():
+    for L in (1, 5, 16, 100, 32768):
+        for per in (1, 8):
+            bins = log_bins(L, per)
+            assert bins[0][0] == 1 and bins[-1][1] == L
+            assert all(b[0] == a[1] + 1 for a, b in zip(bins[:-1], bins[1:]))
+
+
+def test_lengths_longer_than_data_is_a_user_error():
+    with pytest.raises(UserError, match="longer than the data"):
+        eval_token_count(100, [16, 128], None)
+
+
+# --- effective remembrance ----------------------------------------------------------------------------------
+
+
+def test_effrem_matches_naive_loop_and_is_zero_at_t0():
+    model, tokens = tiny_mamba(4), random_tokens(100, seed=4)
+    T, n = 20, 3
+    res = effective_remembrance(model, tokens, T, n, chunk=3, tokens_per_forward=10)
+    assert res["t"] == effrem_grid(T) == [0, 1, 2, 4, 8, 12, 16, 18, 19]
+    assert res["effrem"][0] == 0.0
+    windows = torch.from_numpy(tokens[: n * T].astype(np.int64).reshape(n, T))
+    with torch.no_grad():
+        want = []
+        for t in res["t"]:
+            tv = []
+            for s in range(n):
+                full, _ = model(windows[s : s + 1])
+                part, _ = model(windows[s : s + 1, t:])
+                p, q = torch.softmax(full[0, -1], -1), torch.softmax(part[0, -1], -1)
+                tv.append(0.5 * float((p - q).abs().sum()))
+            want.append(sum(tv) / n)
+    np.testing.assert_allclose(res["effrem"], want, rtol=1e-10, atol=1e-14)
+    assert res["effrem"][-1] > res["effrem"][1] > 0
+
+
+def test_truncated_rows_never_see_earlier_tokens():
+    """Changing x[0:t] must not change q(·|x[t:T]) of the row that starts at t."""
+    model = tiny_mamba(5)
+    a = torch.randint(0, V, (1, 24), generator=torch.Generator().manual_seed(0))
+    b = a.clone()
+    b[0, :8] = (b[0, :8] + 1) % V
+    ts = [0, 8, 16]
+    la, lb = (last_logits_truncated(model, x, ts, chunk=5, tokens_per_forward=7) for x in (a, b))
+    assert (la[0] - lb[0]).abs().max() > 1e-6
+    torch.testing.assert_close(la[1:], lb[1:], rtol=0, atol=1e-12)
+
+
+def test_effrem_of_memoryless_model_is_zero():
+    res = effective_remembrance(WindowLM(k=1), random_tokens(200, seed=5), 32, 4, chunk=8)
+    assert max(res["effrem"]) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_effrem_of_window_model_is_zero_until_the_window():
+    """Memory of exactly k tokens: EffRem_T(t) = 0 while x[t:T] still holds the window (t ≤ T − k), > 0 after."""
+    k, T = 4, 32
+    res = effective_remembrance(WindowLM(k=k), random_tokens(400, seed=6), T, 6, chunk=5, tokens_per_forward=30)
+    assert {28, 30, 31} <= set(res["t"])
+    for t, v in zip(res["t"], res["effrem"]):
+        if t <= T - k:
+            assert v == pytest.approx(0.0, abs=1e-12), t
+        else:
+            assert v > 0.05, t
+    assert tv_distance(torch.zeros(3), torch.zeros(3)) == 0
+
+
+# --- passkey ---------------------------------------------------------------------------------------------------
+
+
+def test_passkey_prompt_has_exact_length_and_the_key():
+    tok = ByteTokenizer()
+    for L in (min_prompt_length(tok), 300, 1000):
+        for d in (0.0, 0.3, 1.0):
+            p = build_prompt(tok, L, d, "90210")
+            text = tok.decode(p.ids)
+            assert len(p.ids) == L and text.endswith("The pass key is") and text.count("90210") == 2
+    with pytest.raises(UserError):
+        build_prompt(tok, 100, 0.5, "90210")
+
+
+def test_passkey_copy_oracle_scores_100_percent():
+    res = passkey_grid(CopyLM(), ByteTokenizer(), [256, 512], depths=[0.0, 0.5, 1.0], trials=2, chunk=100,
+                       tokens_per_forward=400)
+    for key in ("accuracy", "ranked_accuracy"):
+        assert all(v == 1.0 for row in res[key].values() for v in row.values()), res[key]
+    assert res["mean_accuracy"] == {"256": 1.0, "512": 1.0}
+
+
+def test_passkey_random_model_is_near_chance():
+    res = passkey_grid(BigramLM(), ByteTokenizer(), [256], depths=[0.5], trials=80, distractors=9)
+    assert res["accuracy"]["256"]["0.5"] == 0.0  # chance 1e-5
+    assert 0.0 <= res["ranked_accuracy"]["256"]["0.5"] <= 0.3  # chance 0.1; binomial sd 0.034
+    assert res["ranked_chance"] == pytest.approx(0.1)
+
+
+# --- state statistics -----------------------------------------------------------------------------------------
+
+
+def test_state_stats_of_a_counter_are_its_positions():
+    seqs = torch.zeros(5, 41, dtype=torch.long)
+    res = state_statistics(CounterLM(), seqs, chunk=16, tokens_per_forward=32, train_seq_len=8)
+    assert res["positions"] == log_grid(40) == [1, 2, 4, 8, 16, 32, 40]
+    st = res["keys"]["layers.0.count"]
+    assert st["norm"] == st["mean_abs"] == st["max_abs"] == [float(c) for c in res["positions"]]
+    assert res["n_sequences"] == 5
+    assert res["growth_past_train"]["layers.0.count"] == pytest.approx(5.0)
+
+
+# --- verdicts and sweeps ----------------------------------------------------------------------------------------
+
+
+def test_length_extension_verdicts():
+    assert length_extension_verdict({"16": 9, "32": 8, "64": 7.5, "8": 20}, 16)["verdict"] == "strong"
+    assert length_extension_verdict({"16": 9, "32": 9, "64": 8}, 16)["verdict"] == "weak"
+    assert length_extension_verdict({"16": 9, "32": 8, "64": 8.5}, 16)["verdict"] == "none"
+    assert length_extension_verdict({"16": 9, "32": 8}, 32)["verdict"] == "n/a"
+    grid = sweep_grid([{"name": "b", "train_seq_len": 64, "ppl_vs_length": {"16": 2.0, "64": 3.0}},
+                       {"name": "a", "train_seq_len": 16, "ppl_vs_length": {"16": 4.0}}])
+    assert [r["train_seq_len"] for r in grid["rows"]] == [16, 64]
+    assert grid["lengths"] == [16, 64]
+    assert grid["loss"][0][1] is None and grid["loss"][1][1] == pytest.approx(math.log(3.0))
