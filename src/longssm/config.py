@@ -45,7 +45,7 @@ class ModelConfig:
     n_groups: int = 1
     """Number of B/C groups (Mamba-2)."""
     chunk_size: int = 64
-    """Chunk length of the chunked scans (Mamba-2 SSD; Mamba-1 fast scan)."""
+    """Chunk length of the chunked scans (Mamba-2 SSD, S5); the Mamba-1 fast scan sizes its blocks itself."""
     scan: str = "fast"
     """Which scan implementation runs: fast (chunked) or reference (sequential loop, for debugging)."""
     norm_eps: float = 1e-5
