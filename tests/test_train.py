@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -43,7 +44,6 @@ def test_resumed_run_continues_bit_identically(tmp_path, corpus_file, scheme):
     assert sorted(resumed) == list(range(6, 13))
     for step, loss in resumed.items():
         assert loss == full[step], f"step {step}: {loss} != {full[step]}"  # bit-identical, not approximately
-    a = torch.load  # noqa: F841  (weights compared through safetensors below)
     from safetensors.torch import load_file
 
     wa = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
@@ -104,15 +104,11 @@ def test_non_finite_batch_is_skipped_and_training_continues(tmp_path, corpus_fil
     monkeypatch.setattr(train_mod, "build_model", build_with_poison)
     cfg = cfg_of(corpus_file, tmp_path / "cache", state__scheme="previous", train__steps=8)
     losses: dict[int, float] = {}
-    before = None
     summary = train(cfg, tmp_path / "run", on_step=lambda s, l: losses.__setitem__(s, l))
     assert summary["steps"] == 8
-    import math
-
     assert math.isnan(losses[3]) and all(math.isfinite(losses[s]) for s in losses if s != 3)
     records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("skipped") and r["step"] == 3 for r in records)
-    del before
 
 
 def test_too_many_non_finite_steps_stop_with_a_clear_error(tmp_path, corpus_file):
