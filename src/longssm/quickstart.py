@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import load_config
+from .config import load_config, merge, parse_overrides
 from .evaluate.perplexity import DEFAULT_LENGTHS
 from .evaluate.plots import markdown_table, plot_ppl_vs_length
 from .evaluate.run import evaluate_run, write_outputs
@@ -50,11 +50,7 @@ def quickstart(
         if steps is not None:
             base["train"]["steps"] = steps
         base["train"]["progress"] = progress
-        cfg = load_config(None, base)
-        if overrides:
-            from .config import merge, parse_overrides, from_dict, RunConfig, to_dict
-
-            cfg = from_dict(RunConfig, merge(to_dict(cfg), parse_overrides(overrides)))
+        cfg = load_config(None, merge(base, parse_overrides(overrides or [])))
         run_dir = out_dir / cfg.name
         print(f"== training {cfg.name} ({cfg.train.steps} steps, T={cfg.train.seq_len}, B={cfg.train.batch_size})")
         train(cfg, run_dir)
