@@ -80,7 +80,10 @@ def test_corpus_too_short_for_the_streams(tmp_path):
         (["--state.scheme", "magic"], "state.scheme must be one of"),
         (["--model.family", "transformer"], "model.family must be one of"),
         (["--config", "no-such.yaml"], "config file not found"),
-        (["--train.lr"], "has no value"),
+        (["--train.lr"], "--train.lr needs a value"),
+        (["--train.seq_len", "0"], "train.seq_len must be >= 1; got 0"),
+        (["--train.dtype", "float8"], "train.dtype must be one of float32, bfloat16, float16"),
+        (["foo.yaml"], "(a config file is given as --config foo.yaml)"),
     ],
 )
 def test_bad_config(tmp_path, corpus_file, args, needle):
@@ -105,3 +108,32 @@ def test_bad_length_list(tmp_path, corpus_file, lengths):
 
 def test_eval_of_a_missing_run():
     assert_one_line_error(longssm("eval", "/no/such/run"), "no such run")
+
+
+def test_help_lists_every_config_key_with_default_and_doc():
+    from longssm.cli_parsing import field_types
+    from longssm.config import RunConfig
+
+    proc = longssm("train", "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    for key in field_types(RunConfig):
+        assert f"--{key}" in text, key
+    assert "Window length T (truncated-BPTT length)" in text and "default: 16" in text
+
+
+def test_print_config_prints_the_resolved_yaml(tmp_path):
+    import yaml
+
+    proc = longssm("train", "--config", "mamba_tiny", "--train.lr", "0.004", "--print_config", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    printed = yaml.safe_load(proc.stdout)
+    assert printed["train"]["lr"] == 0.004 and printed["model"]["family"] == "mamba"
+    assert not (tmp_path / "runs").exists()  # printing trains nothing
+
+
+def test_eval_help_shows_the_eval_config():
+    proc = longssm("eval", "--help")
+    assert proc.returncode == 0
+    for flag in ("--lengths", "--metrics", "--chunk", "--passkey_depths", "--json_out", "--state"):
+        assert flag in proc.stdout, flag

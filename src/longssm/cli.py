@@ -1,71 +1,65 @@
-"""The ``longssm`` command line. Each subcommand is a plain function; its signature is its configuration."""
+"""The ``longssm`` command line. Each subcommand is a plain function; its signature is its configuration.
+
+``longssm CMD --help`` lists every option, generated from the function's signature and docstring and, where a
+command takes one, from the fields of ``RunConfig`` (``train``) or ``EvalConfig`` (``eval``, ``compare``).
+``--print_config`` prints the resolved YAML and exits. Bad input is one line on stderr and exit code 2.
+"""
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from .config import EvalConfig, RunConfig
 from .errors import UserError
 
 
-def train_command(config: str | None, run_dir: str | None, resume: str | None, overrides: list[str], no_progress: bool = False) -> None:
-    from .config import load_config
-    from .train import train
+def train(cfg: RunConfig, run_dir: str | None = None, resume: str | None = None) -> None:
+    """Train a model: a YAML config (--config) plus dotted overrides such as --train.lr 1e-3.
 
-    if no_progress:
-        overrides = overrides + ["--train.progress", "false"]
-    cfg = load_config(config, overrides)
-    summary = train(cfg, run_dir or Path("runs") / cfg.name, resume=resume)
+    Args:
+        run_dir: Run directory (default runs/<name>).
+        resume: 'auto' (the newest complete checkpoint of the run directory) or a checkpoint path.
+    """
+    from .train import train as run_training
+
+    summary = run_training(cfg, run_dir or Path("runs") / cfg.name, resume=resume)
     print(json.dumps(summary))
 
 
-def _floats(text: str | None, flag: str) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"{flag} must be comma-separated numbers such as 0,0.5,1; got {text!r}") from None
+def evaluate(run: str, cfg: EvalConfig, json_out: str | None = None, plots: str | None = None,
+             progress: bool = True) -> None:
+    """Evaluate a run or checkpoint: perplexity vs length and the other length-extension metrics, as an exact
+    chunked recurrence (memory flat in L), cached per (checkpoint, data, metric, L) in <run>/eval_cache.
 
-
-def eval_command(run: str, data: str | None, lengths: str | None, json_out: str | None, max_tokens: int | None,
-                 chunk: int, device: str, no_progress: bool = False, metrics: str | None = None,
-                 plots: str | None = None, cache_dir: str | None = None, no_cache: bool = False, state: str = "zero",
-                 order: str = "consecutive", seed: int = 0, batch_tokens: int | None = None,
-                 position_length: int | None = None, effrem_length: int | None = None, effrem_sequences: int = 8,
-                 passkey_lengths: str | None = None, passkey_depths: str | None = None, passkey_trials: int = 4,
-                 threads: int | None = None) -> None:
-    import torch
-
-    from .evaluate.perplexity import parse_lengths
+    Args:
+        run: Run directory or checkpoint directory.
+        json_out: Write the result JSON here (and a .md report beside it).
+        plots: Write PNG plots (with CSV data beside them) into this directory.
+        progress: Show progress bars (--no-progress turns them off).
+    """
     from .evaluate.run import evaluate_run, write_outputs
 
-    if threads is not None:
-        if threads < 1:
-            raise UserError(f"--threads must be >= 1; got {threads}")
-        torch.set_num_threads(threads)
-
-    for flag, value in (("--max-tokens", max_tokens), ("--batch-tokens", batch_tokens), ("--position-length", position_length),
-                        ("--effrem-length", effrem_length), ("--effrem-sequences", effrem_sequences),
-                        ("--passkey-trials", passkey_trials)):
-        if value is not None and value < 1:
-            raise UserError(f"{flag} must be >= 1; got {value}")
-    result = evaluate_run(
-        run, data, parse_lengths(lengths) if lengths is not None else None, max_tokens, chunk, batch_tokens, device=device,
-        progress=not no_progress, metrics=metrics, eval_state=state, order=order, seed=seed, cache_dir=cache_dir,
-        use_cache=not no_cache, position_length=position_length, effrem_length=effrem_length,
-        effrem_sequences=effrem_sequences,
-        passkey_lengths=parse_lengths(passkey_lengths, "--passkey-lengths") if passkey_lengths is not None else None,
-        passkey_depths=_floats(passkey_depths, "--passkey-depths"), passkey_trials=passkey_trials,
-    )
+    _set_threads(cfg.threads)
+    result = evaluate_run(run, cfg, progress=progress)
     print(write_outputs(result, json_out, plots))
     for f in ([json_out, str(Path(json_out).with_suffix(".md"))] if json_out else []) + result.get("plots", []):
         print(f"wrote {f}", file=sys.stderr)
 
 
-def plot_command(results: list[str], out: str, title: str | None = None) -> None:
+def plot(results: list[str], out: str, title: str | None = None) -> None:
+    """Plot perplexity vs length of one or more eval JSON files.
+
+    Args:
+        results: Eval JSON files.
+        out: Image file to write (.png, .pdf, .svg); the plotted numbers go beside it as .csv.
+        title: Plot title.
+    """
     from .evaluate.plots import plot_ppl_vs_length
     from .evaluate.run import load_result
 
@@ -73,121 +67,188 @@ def plot_command(results: list[str], out: str, title: str | None = None) -> None
     if not all(r.get("ppl_vs_length") for r in loaded):
         raise UserError("every result needs 'ppl_vs_length' for this plot; use `longssm compare` for the other metrics")
     path = plot_ppl_vs_length(loaded, out, title)
-    print(f"wrote {path} and {path.with_suffix('.csv')}")
+    print(f"wrote {path} and {Path(path).with_suffix('.csv')}")
 
 
-def compare_command(results: list[str], out: str, data: str | None = None, lengths: str | None = None,
-                    max_tokens: int | None = None, device: str = "auto", no_progress: bool = False) -> None:
-    from .evaluate.perplexity import parse_lengths
-    from .evaluate.run import compare, evaluate_run, load_result
+def compare(results: list[str], out: str, cfg: EvalConfig, progress: bool = True) -> None:
+    """Overlay several runs: every metric's plot, the sweep heatmap and the verdicts.
 
-    loaded = []
-    for r in results:
-        if Path(r).is_dir():  # a run or checkpoint: evaluate ppl_vs_length (cached in <run>/eval_cache)
-            loaded.append(evaluate_run(r, data, parse_lengths(lengths) if lengths is not None else None, max_tokens,
-                                       device=device, progress=not no_progress))
-        else:
-            loaded.append(load_result(r))
-    summary = compare(loaded, out)
+    Args:
+        results: Eval JSON files, or run directories (evaluated with the evaluation options below).
+        out: Output directory.
+        progress: Show progress bars (--no-progress turns them off).
+    """
+    from .evaluate.run import compare as compare_results
+    from .evaluate.run import evaluate_run, load_result
+
+    _set_threads(cfg.threads)
+    loaded = [evaluate_run(r, cfg, progress=progress) if Path(r).is_dir() else load_result(r) for r in results]
+    summary = compare_results(loaded, out)
     print(summary["report"])
     for f in summary["plots"] + summary["files"]:
         print(f"wrote {f}", file=sys.stderr)
 
 
-def quickstart_command(out: str, family: str, steps: int | None, tokenizer: str, eval_tokens: int, max_length: int,
-                       no_progress: bool = False, overrides: list[str] | None = None) -> None:
-    from .quickstart import quickstart
+def quickstart(out: str = "runs/quickstart", family: str = "mamba", steps: int | None = None, tokenizer: str = "byte",
+               eval_tokens: int = 65536, max_length: int = 32768, progress: bool = True,
+               overrides: list[str] | None = None) -> None:
+    """Zero vs previous initial state at T=16 on the shipped data: two trainings, evaluation, table and plot.
 
-    quickstart(out, family, steps, tokenizer, eval_tokens, max_length, overrides=overrides, progress=not no_progress)
+    Args:
+        out: Output directory.
+        family: Model family (mamba, mamba2, s5, gru, lstm).
+        steps: Training steps per run (default 2000).
+        tokenizer: byte, gpt2 or a tokenizer.json path.
+        eval_tokens: Validation tokens evaluated at every length.
+        max_length: Longest evaluation length.
+        progress: Show progress bars (--no-progress turns them off).
+        overrides: Dotted config keys for both runs, e.g. --model.d_model 64 (given directly, not as a list).
+    """
+    from .quickstart import quickstart as run_quickstart
+
+    run_quickstart(out, family, steps, tokenizer, eval_tokens, max_length, overrides=overrides, progress=progress)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="longssm", description="Train recurrent LMs on short windows, run them on unbounded context.")
-    sub = p.add_subparsers(dest="command", required=True)
+@dataclass(frozen=True)
+class Command:
+    function: Callable[..., None]
+    config: type | None = None
+    """Dataclass whose fields are options of this command (passed as ``cfg``)."""
+    positional: tuple[tuple[str, str], ...] = ()
+    """(name, nargs) of positional arguments."""
+    aliases: tuple[tuple[str, str], ...] = ()
+    """(flag the user types, option it means)."""
 
-    t = sub.add_parser("train", help="train a model (config YAML + dotted overrides such as --train.lr 1e-3)")
-    t.add_argument("--config", help="YAML config (see configs/)")
-    t.add_argument("--run-dir", help="run directory (default runs/<name>)")
-    t.add_argument("--resume", help="'auto' (newest complete checkpoint of the run directory) or a checkpoint path")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    e = sub.add_parser("eval", help="evaluate a run or checkpoint: perplexity vs length and more",
-                       description="Length-extension metrics as an exact chunked recurrence (memory flat in L), "
-                                   "cached per (checkpoint, data, metric, L) in <run>/eval_cache.")
-    e.add_argument("run", help="run directory or checkpoint directory")
-    e.add_argument("--data", help="text or .npy token file (default: the run's validation file)")
-    e.add_argument("--metrics", help="comma-separated: ppl_vs_length,position_ppl,effective_remembrance,passkey,"
-                                     "state_stats, or 'all' (default ppl_vs_length)")
-    e.add_argument("--lengths", help="comma-separated evaluation lengths (default 16,32,...,32768, up to what the data holds)")
-    e.add_argument("--json", dest="json_out", help="write results JSON here (and a .md report beside it)")
-    e.add_argument("--plots", help="write PNG plots (with CSV data beside them) into this directory")
-    e.add_argument("--max-tokens", type=int, help="use at most this many evaluation tokens per length")
-    e.add_argument("--chunk", type=int, default=1024, help="tokens per chunk of the chunked recurrence")
-    e.add_argument("--batch-tokens", type=int, help="rows x chunk tokens per forward call (default from the vocabulary)")
-    e.add_argument("--state", "--eval.state", dest="state", default="zero", choices=["zero", "previous"],
-                   help="initial state of each evaluation sequence for ppl_vs_length: zero (default) or the previous "
-                        "sequence's final state")
-    e.add_argument("--order", default="consecutive", choices=["consecutive", "shuffled"],
-                   help="sequence order within the carried-state streams (with --state previous)")
-    e.add_argument("--seed", type=int, default=0, help="seed of the shuffled order and the passkeys")
-    e.add_argument("--position-length", type=int, help="L of position_ppl and state_stats (default: the longest length)")
-    e.add_argument("--effrem-length", type=int, help="context T of effective_remembrance (default min(longest, 2048))")
-    e.add_argument("--effrem-sequences", type=int, default=8, help="sequences averaged by effective_remembrance")
-    e.add_argument("--passkey-lengths", help="comma-separated passkey context lengths (default: the lengths in [min, 8192])")
-    e.add_argument("--passkey-depths", help="comma-separated needle depths in [0, 1] (default 0,0.25,0.5,0.75,1)")
-    e.add_argument("--passkey-trials", type=int, default=4, help="random keys per (length, depth) cell")
-    e.add_argument("--cache-dir", help="evaluation cache directory (default <run>/eval_cache)")
-    e.add_argument("--no-cache", action="store_true", help="neither read nor write the evaluation cache")
-    e.add_argument("--device", default="auto")
-    e.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is fastest on a busy machine)")
-    e.add_argument("--no-progress", action="store_true")
+COMMANDS: dict[str, Command] = {
+    "train": Command(train, RunConfig, aliases=(("--no-progress", "--train.progress=false"),)),
+    "eval": Command(evaluate, EvalConfig, positional=(("run", "?"),), aliases=(("--json", "--json_out"), ("--no-cache", "--use_cache=false"))),
+    "plot": Command(plot, positional=(("results", "+"),)),
+    "compare": Command(compare, EvalConfig, positional=(("results", "+"),), aliases=(("--no-cache", "--use_cache=false"),)),
+    "quickstart": Command(quickstart),
+}
 
-    pl = sub.add_parser("plot", help="plot perplexity vs length of one or more eval JSON files")
-    pl.add_argument("results", nargs="+", help="eval JSON files")
-    pl.add_argument("--out", required=True, help="PNG file to write")
-    pl.add_argument("--title")
 
-    c = sub.add_parser("compare", help="overlay several runs: every metric's plot, the sweep heatmap and verdicts")
-    c.add_argument("results", nargs="+", help="eval JSON files (or run directories: ppl_vs_length is evaluated)")
-    c.add_argument("--out", required=True, help="output directory")
-    c.add_argument("--data", help="data for run directories (default: each run's validation file)")
-    c.add_argument("--lengths", help="evaluation lengths for run directories")
-    c.add_argument("--max-tokens", type=int, help="evaluation tokens per length for run directories")
-    c.add_argument("--device", default="auto")
-    c.add_argument("--no-progress", action="store_true")
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
 
-    q = sub.add_parser("quickstart", help="zero vs previous initial state at T=16 on the shipped data, table and plot")
-    q.add_argument("--out", default="runs/quickstart", help="output directory")
-    q.add_argument("--family", default="mamba", help="model family (mamba, mamba2, s5, gru, lstm)")
-    q.add_argument("--steps", type=int, help="training steps per run (default 2000)")
-    q.add_argument("--tokenizer", default="byte", help="byte, gpt2 or a tokenizer.json path")
-    q.add_argument("--eval-tokens", type=int, default=65536, help="validation tokens evaluated at every length")
-    q.add_argument("--max-length", type=int, default=32768, help="longest evaluation length")
-    q.add_argument("--no-progress", action="store_true")
-    return p
+        torch.set_num_threads(threads)
+
+
+def _summary(function: Callable) -> str:
+    return (function.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+
+
+def build_parser(name: str) -> tuple[Any, dict[str, Any]]:
+    """The jsonargparse parser of subcommand ``name`` and the option types (dotted key -> type)."""
+    from .cli_parsing import add_dataclass, function_types, new_parser
+
+    command = COMMANDS[name]
+    parser = new_parser(prog=f"longssm {name}", description=_summary(command.function))
+    types: dict[str, Any] = {}
+    if command.config is not None:
+        types.update(add_dataclass(parser, command.config))
+    skip = {"cfg", "overrides"} | {p for p, _ in command.positional}
+    parser.add_function_arguments(command.function, nested_key=None, as_group=False, skip=skip, fail_untyped=True)
+    for positional, nargs in command.positional:
+        parser.add_argument(positional, nargs=nargs, help=_arg_doc(command.function, positional))
+    types.update(function_types(command.function, skip))
+    return parser, types
+
+
+def _arg_doc(function: Callable, name: str) -> str:
+    doc = function.__doc__ or ""
+    for line in doc.splitlines():
+        if line.strip().startswith(f"{name}:"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def split_overrides(args: list[str]) -> tuple[list[str], list[str]]:
+    """Quickstart: separate its own options from dotted config overrides (``--model.d_model 64``, ``a.b=1``)."""
+    own, overrides = [], []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        dotted = "." in arg.lstrip("-").split("=", 1)[0] and not arg.startswith("-") or arg.startswith("--") and "." in arg
+        if dotted:
+            takes_value = "=" not in arg and i + 1 < len(args) and not args[i + 1].startswith("--")
+            overrides += args[i:i + 1 + takes_value]
+            i += 1 + takes_value
+        else:
+            own.append(arg)
+            i += 1
+    return own, overrides
+
+
+def run_command(name: str, args: list[str]) -> None:
+    """Parse ``args`` for subcommand ``name`` and run it; bad input raises ``UserError``."""
+    from jsonargparse import ArgumentError
+
+    from .cli_parsing import build_dataclass, namespace_dict, normalise_args, one_line_error, resolve_config_args
+
+    command = COMMANDS[name]
+    overrides: list[str] = []
+    if name == "quickstart":
+        args, overrides = split_overrides(args)
+        from .config import load_config
+
+        load_config(None, overrides)  # a bad key fails now, before any training
+    parser, types = build_parser(name)
+    aliases = dict(command.aliases)
+    args = [aliases.get(a, a) for a in args]
+    try:
+        ns = parser.parse_args(resolve_config_args(normalise_args(args, types)))
+    except ArgumentError as e:
+        raise one_line_error(e, types) from None
+    values = namespace_dict(ns)
+    kwargs: dict[str, Any] = {}
+    if command.config is not None:
+        fields = {f.name for f in dataclasses.fields(command.config)}
+        kwargs["cfg"] = build_dataclass(command.config, {k: values.pop(k) for k in list(values) if k in fields})
+    if name == "quickstart":
+        kwargs["overrides"] = overrides
+    if name == "eval" and not values.get("run"):
+        raise UserError("missing argument: run (a run or checkpoint directory)")
+    command.function(**values, **kwargs)
+
+
+def overview() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: longssm COMMAND [options]   (longssm COMMAND --help lists every option)", "",
+             "Train recurrent LMs on short windows, run them on unbounded context.", "", "commands:"]
+    lines += [f"  {name:<{width}}  {_summary(c.function)}" for name, c in COMMANDS.items()]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if rest and args.command not in ("train", "quickstart"):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    kwargs = {k: v for k, v in vars(args).items() if k != "command"}
-    commands = {"train": train_command, "eval": eval_command, "plot": plot_command, "compare": compare_command,
-                "quickstart": quickstart_command}
-    try:
-        if args.command in ("train", "quickstart"):
-            kwargs["overrides"] = rest
-        commands[args.command](**kwargs)
-    except UserError as e:
-        print(f"longssm {args.command}: error: {e}", file=sys.stderr)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(overview())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from importlib.metadata import version
+
+        print(f"longssm {version('longssm')}")
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        print(f"longssm: error: unknown command {name!r} (commands: {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        print(f"longssm {args.command}: error: {e}", file=sys.stderr)
+    try:
+        run_command(name, argv[1:])
+    except UserError as e:
+        print(f"longssm {name}: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        print(f"longssm {name}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"longssm {args.command}: interrupted", file=sys.stderr)
+        print(f"longssm {name}: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as e:  # --help and --print_config exit through argparse
+        return int(e.code or 0)
     return 0
 
 

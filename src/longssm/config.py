@@ -1,72 +1,143 @@
-"""Run configuration: nested dataclasses, read from YAML, overridden by dotted command-line keys.
+"""Every setting of longssm, declared once: nested dataclasses whose fields carry type, default, range and help.
 
-A config file mirrors the dataclasses (``model:``, ``state:``, ``train:``, ``data:``); an unknown key or a
-value of the wrong type is a ``UserError`` that names the dotted key the user typed. Derived fields (the
-vocabulary size from the tokenizer, the batch size from a token budget) are resolved in ``train.py``.
+A field is declared as ``name: type = spec(default, ge=..., gt=..., le=...)`` followed by its one-line docstring.
+From this single declaration come
+- the command line (``longssm train --help`` lists every ``--model.*``, ``--state.*``, ``--train.*`` key with its
+  type, default, range and docstring; built with jsonargparse in ``cli.py``),
+- YAML config files (``--config FILE``; they mirror the dataclasses: ``model:``, ``state:``, ``data:``, ``train:``),
+- validation: types are checked by the parser, ranges and choices by :meth:`Checked.__post_init__` — for every
+  construction, from the CLI, YAML, a run's ``config.yaml`` or Python. Errors are ``UserError`` naming the
+  dotted key the user typed.
+
+``RunConfig`` describes a training run (saved as ``<run>/config.yaml``); ``EvalConfig`` the evaluation settings
+shared by ``longssm eval``, ``compare``, ``quickstart`` and the benchmarks.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import Any, Literal
 
 from .errors import UserError
 
-FAMILIES = ("mamba", "mamba2", "s5", "gru", "lstm")
 SCHEMES = ("zero", "previous", "random_noise", "fitted_noise", "state_passing")
+DEFAULT_LENGTHS = tuple(16 * 2**i for i in range(12))
+"""Evaluation lengths 16, 32, ..., 32768 (LongSSM's grid)."""
+
+
+def spec(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, ge: float | None = None,
+         gt: float | None = None, le: float | None = None) -> Any:
+    """A dataclass field with an optional range: ``ge`` (>=), ``gt`` (>) and ``le`` (<=) bounds, checked on
+    construction and shown in ``--help``. ``None`` values of optional fields are not range-checked."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le)) if v is not None}
+    return field(default=default, default_factory=factory, metadata={"bounds": bounds})
+
+
+def range_text(bounds: dict[str, float]) -> str:
+    """``{"ge": 1}`` -> ``">= 1"``; ``{"ge": 0, "le": 1}`` -> ``"in [0, 1]"``."""
+    if set(bounds) == {"ge", "le"}:
+        return f"in [{bounds['ge']:g}, {bounds['le']:g}]"
+    ops = {"ge": ">=", "gt": ">", "le": "<="}
+    return " and ".join(f"{ops[k]} {v:g}" for k, v in bounds.items())
 
 
 @dataclass
-class ModelConfig:
-    family: str = "mamba"
-    """Model family: one of mamba, mamba2, s5, gru, lstm."""
-    vocab_size: int | None = None
-    """Vocabulary size V; None = taken from the tokenizer."""
-    d_model: int = 128
-    """Residual stream width D."""
-    n_layers: int = 2
-    """Number of residual blocks."""
-    d_state: int = 16
-    """State size per channel N (Mamba-1/2); number of state dimensions P for S5; ignored for GRU/LSTM."""
-    expand: int = 2
-    """Inner width E = expand * d_model (Mamba-1/2)."""
-    d_conv: int = 4
-    """Causal depthwise convolution width K (Mamba-1/2)."""
-    dt_rank: int | None = None
-    """Rank R of the Δ projection (Mamba-1); None = ceil(d_model / 16)."""
-    head_dim: int = 32
-    """Head size P (Mamba-2): heads H = expand * d_model / head_dim."""
-    n_groups: int = 1
-    """Number of B/C groups (Mamba-2)."""
-    chunk_size: int = 64
-    """Chunk length of the chunked scans (Mamba-2 SSD, S5); the Mamba-1 fast scan sizes its blocks itself."""
-    scan: str = "fast"
-    """Which scan implementation runs: fast (chunked) or reference (sequential loop, for debugging)."""
-    norm_eps: float = 1e-5
-    """RMSNorm / LayerNorm epsilon."""
-    dropout: float = 0.0
-    """Dropout (S5, GRU, LSTM)."""
-    dt_min: float = 0.001
-    """Smallest initial time step Δ (Mamba-1/2, S5)."""
-    dt_max: float = 0.1
-    """Largest initial time step Δ (Mamba-1/2, S5)."""
+class Checked:
+    """Mixin: validates every field's range (from ``spec``) and ``Literal`` choices, then calls ``check()``.
+
+    Subclasses set ``SECTION`` (the dotted prefix of their keys: ``"model"``, ``"train"``, ...) so that errors
+    name the key as the user typed it, and override ``check()`` for constraints between fields.
+    """
+
+    SECTION: typing.ClassVar[str] = ""
+
+    def key(self, name: str) -> str:
+        return f"{self.SECTION}.{name}" if self.SECTION else f"--{name.replace('_', '-')}"
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILIES:
-            raise UserError(f"model.family must be one of {', '.join(FAMILIES)}; got {self.family!r}")
-        if self.scan not in ("fast", "reference"):
-            raise UserError(f"model.scan must be 'fast' or 'reference'; got {self.scan!r}")
-        for name in ("d_model", "n_layers", "d_state", "expand", "d_conv", "head_dim", "n_groups", "chunk_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"model.{name} must be >= 1; got {getattr(self, name)}")
-        if self.vocab_size is not None and self.vocab_size < 2:
-            raise UserError(f"model.vocab_size must be >= 2; got {self.vocab_size}")
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            bounds = f.metadata.get("bounds", {})
+            if value is None or isinstance(value, bool):
+                continue
+            choices = literal_choices(hints[f.name])
+            if choices and value not in choices:
+                raise UserError(f"{self.key(f.name)} must be one of {', '.join(map(str, choices))}; got {value!r}")
+            values = value if isinstance(value, (list, tuple)) else [value]
+            for v in values:
+                if not isinstance(v, (int, float)):
+                    continue
+                if (("ge" in bounds and not v >= bounds["ge"]) or ("gt" in bounds and not v > bounds["gt"])
+                        or ("le" in bounds and not v <= bounds["le"])):
+                    what = "every value of " if isinstance(value, (list, tuple)) else ""
+                    raise UserError(f"{what}{self.key(f.name)} must be {range_text(bounds)}; got {value!r}")
+        self.check()
+
+    def check(self) -> None:
+        """Constraints between fields (override)."""
+
+
+def literal_choices(tp: Any) -> tuple[Any, ...]:
+    """The allowed values of ``Literal[...]`` (also inside ``Optional``), else ``()``."""
+    if typing.get_origin(tp) is Literal:
+        return typing.get_args(tp)
+    for arg in typing.get_args(tp):
+        if typing.get_origin(arg) is Literal:
+            return typing.get_args(arg)
+    return ()
+
+
+@dataclass
+class ModelConfig(Checked):
+    """Architecture of the language model (model.*)."""
+
+    SECTION: typing.ClassVar[str] = "model"
+
+    family: str = "mamba"
+    """Model family: mamba, mamba2, s5, gru, lstm, a name given to longssm.register_family, or module:BlockClass."""
+    vocab_size: int | None = spec(None, ge=2)
+    """Vocabulary size V; null = taken from the tokenizer."""
+    d_model: int = spec(128, ge=1)
+    """Residual stream width D."""
+    n_layers: int = spec(2, ge=1)
+    """Number of residual blocks."""
+    d_state: int = spec(16, ge=1)
+    """State size per channel N (Mamba-1/2); number of state dimensions P for S5; ignored for GRU/LSTM."""
+    expand: int = spec(2, ge=1)
+    """Inner width E = expand * d_model (Mamba-1/2)."""
+    d_conv: int = spec(4, ge=1)
+    """Causal depthwise convolution width K (Mamba-1/2)."""
+    dt_rank: int | None = spec(None, ge=1)
+    """Rank R of the Δ projection (Mamba-1); null = ceil(d_model / 16)."""
+    head_dim: int = spec(32, ge=1)
+    """Head size P (Mamba-2): heads H = expand * d_model / head_dim."""
+    n_groups: int = spec(1, ge=1)
+    """Number of B/C groups (Mamba-2)."""
+    chunk_size: int = spec(64, ge=1)
+    """Chunk length of the chunked scans (Mamba-2 SSD, S5); the Mamba-1 chunked scan sizes its blocks itself."""
+    scan: Literal["auto", "chunked", "reference"] = "auto"
+    """Scan implementation of every family: auto (best for the device), chunked (fast, exact) or reference (loop)."""
+    norm_eps: float = spec(1e-5, gt=0)
+    """RMSNorm / LayerNorm epsilon."""
+    dropout: float = spec(0.0, ge=0, le=1)
+    """Dropout (S5, GRU, LSTM)."""
+    dt_min: float = spec(0.001, gt=0)
+    """Smallest initial time step Δ (Mamba-1/2, S5)."""
+    dt_max: float = spec(0.1, gt=0)
+    """Largest initial time step Δ (Mamba-1/2, S5)."""
+
+    def check(self) -> None:
+        from .models.registry import family_names, is_known_family
+
+        if not is_known_family(self.family):
+            raise UserError(f"model.family must be one of {', '.join(family_names())} (or module:BlockClass); "
+                            f"got {self.family!r}")
+        if self.dt_min > self.dt_max:
+            raise UserError(f"model.dt_min must be <= model.dt_max; got {self.dt_min} > {self.dt_max}")
 
     @property
     def d_inner(self) -> int:
@@ -74,33 +145,31 @@ class ModelConfig:
 
 
 @dataclass
-class StateConfig:
-    scheme: str = "zero"
-    """Initial hidden state of each training window: zero, previous, random_noise, fitted_noise, state_passing."""
-    noise_std: float = 1.0
-    """Standard deviation of random_noise."""
-    p_zero: float = 0.0
-    """Probability that a window starts from zero instead of the scheme's state (per stream)."""
-    reset: str = "wrap"
-    """When a stream's carried state is zeroed: 'wrap' (epoch wrap only) or 'document' (also at article starts)."""
-    fit_momentum: float = 0.99
-    """Momentum of the running mean/std of final states that fitted_noise samples from."""
+class StateConfig(Checked):
+    """Initial hidden state of each training window (state.*)."""
 
-    def __post_init__(self) -> None:
-        if self.scheme not in SCHEMES:
-            raise UserError(f"state.scheme must be one of {', '.join(SCHEMES)}; got {self.scheme!r}")
-        if self.reset not in ("wrap", "document"):
-            raise UserError(f"state.reset must be 'wrap' or 'document'; got {self.reset!r}")
-        if not 0.0 <= self.p_zero <= 1.0:
-            raise UserError(f"state.p_zero must be in [0, 1]; got {self.p_zero}")
-        if self.noise_std < 0:
-            raise UserError(f"state.noise_std must be >= 0; got {self.noise_std}")
+    SECTION: typing.ClassVar[str] = "state"
+
+    scheme: Literal["zero", "previous", "random_noise", "fitted_noise", "state_passing"] = "zero"
+    """Initial hidden state of each training window: zero, previous, random_noise, fitted_noise, state_passing."""
+    noise_std: float = spec(1.0, ge=0)
+    """Standard deviation of random_noise."""
+    p_zero: float = spec(0.0, ge=0, le=1)
+    """Probability that a window starts from zero instead of the scheme's state (per stream)."""
+    reset: Literal["wrap", "document"] = "wrap"
+    """When a stream's carried state is zeroed: wrap (epoch wrap only) or document (also at article starts)."""
+    fit_momentum: float = spec(0.99, ge=0, le=1)
+    """Momentum of the running mean/std of final states that fitted_noise samples from."""
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Checked):
+    """Training and validation data and the tokenizer (data.*)."""
+
+    SECTION: typing.ClassVar[str] = "data"
+
     train: str = "builtin:wikitext-103/wiki.train.prefix.tokens"
-    """Training text (or .npy/.bin token file). 'builtin:' paths point into the repository's data/ folder."""
+    """Training text (or .npy/.bin token file). 'builtin:' paths name the data shipped inside the package."""
     valid: str = "builtin:wikitext-103/wiki.valid.tokens"
     """Validation text used by periodic validation and evaluation."""
     tokenizer: str = "byte"
@@ -110,67 +179,63 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
-    seq_len: int = 16
+class TrainConfig(Checked):
+    """Optimisation, hardware, logging and checkpoints (train.*)."""
+
+    SECTION: typing.ClassVar[str] = "train"
+
+    seq_len: int = spec(16, ge=1)
     """Window length T (truncated-BPTT length)."""
-    batch_size: int | None = 32
-    """Parallel contiguous streams B; None = tokens_per_step // seq_len."""
-    tokens_per_step: int | None = None
-    """Token budget per step, held constant across T (sets batch_size when batch_size is None)."""
-    steps: int = 2000
+    batch_size: int | None = spec(32, ge=1)
+    """Parallel contiguous streams B; null = tokens_per_step // seq_len."""
+    tokens_per_step: int | None = spec(None, ge=1)
+    """Token budget per step, held constant across T (sets batch_size when batch_size is null)."""
+    steps: int = spec(2000, ge=0)
     """Optimizer steps."""
-    lr: float = 2e-3
+    lr: float = spec(2e-3, gt=0)
     """Peak learning rate (AdamW)."""
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = spec(0.1, ge=0, le=1)
     """Cosine schedule floor as a fraction of lr."""
-    warmup_steps: int = 100
+    warmup_steps: int = spec(100, ge=0)
     """Linear warmup steps."""
-    weight_decay: float = 0.1
+    weight_decay: float = spec(0.1, ge=0)
     """AdamW weight decay (not applied to norms, biases, A_log, D, embeddings)."""
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
+    beta1: float = spec(0.9, ge=0, le=1)
+    """AdamW β1."""
+    beta2: float = spec(0.95, ge=0, le=1)
+    """AdamW β2."""
+    grad_clip: float = spec(1.0, ge=0)
     """Clip the global gradient norm to this value (0 = off)."""
     seed: int = 0
     """Seed of weights, noise and every random choice."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
-    dtype: str = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Autocast dtype on CUDA: float32 (off), bfloat16 or float16."""
     compile: bool = False
     """Wrap the model in torch.compile."""
-    threads: int | None = None
-    """torch CPU threads; None = leave torch's default."""
-    log_every: int = 20
+    threads: int | None = spec(None, ge=1)
+    """torch CPU threads; null = leave torch's default."""
+    log_every: int = spec(20, ge=1)
     """Steps between metrics.jsonl records."""
-    eval_every: int = 0
+    eval_every: int = spec(0, ge=0)
     """Steps between validations at the training length (0 = off)."""
-    eval_tokens: int = 16384
+    eval_tokens: int = spec(16384, ge=1)
     """Validation tokens used by periodic validation."""
-    checkpoint_every: int = 0
+    checkpoint_every: int = spec(0, ge=0)
     """Steps between checkpoints (0 = only the final one)."""
-    keep_last: int = 2
-    """Checkpoints kept in runs/<name>/checkpoints (older ones are pruned)."""
-    max_bad_steps: int = 5
+    keep_last: int = spec(2, ge=1)
+    """Checkpoints kept in <run>/checkpoints (older ones are pruned)."""
+    max_bad_steps: int = spec(5, ge=1)
     """Stop after this many consecutive non-finite steps (each is skipped)."""
     progress: bool = True
     """Show a progress bar."""
 
-    def __post_init__(self) -> None:
-        if self.seq_len < 1:
-            raise UserError(f"train.seq_len must be >= 1; got {self.seq_len}")
-        if self.steps < 0:
-            raise UserError(f"train.steps must be >= 0; got {self.steps}")
+    def check(self) -> None:
         if self.batch_size is None and self.tokens_per_step is None:
             raise UserError("set train.batch_size or train.tokens_per_step")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise UserError(f"train.batch_size must be >= 1; got {self.batch_size}")
         if self.tokens_per_step is not None and self.tokens_per_step < self.seq_len:
             raise UserError(f"train.tokens_per_step must be >= train.seq_len; got {self.tokens_per_step}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise UserError(f"train.dtype must be float32, bfloat16 or float16; got {self.dtype!r}")
-        if self.lr <= 0:
-            raise UserError(f"train.lr must be > 0; got {self.lr}")
 
     @property
     def resolved_batch_size(self) -> int:
@@ -180,7 +245,9 @@ class TrainConfig:
 
 
 @dataclass
-class RunConfig:
+class RunConfig(Checked):
+    """A training run: saved resolved as <run>/config.yaml."""
+
     name: str = "run"
     """Run name (the run directory defaults to runs/<name>)."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -189,138 +256,101 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+@dataclass
+class EvalConfig(Checked):
+    """How a trained model is evaluated (``longssm eval``, ``compare``, ``quickstart``, the benchmarks)."""
+
+    data: str | None = None
+    """Text or .npy token file to evaluate on; null = the run's validation file."""
+    metrics: list[str] = spec(factory=lambda: ["ppl_vs_length"])
+    """Comma-separated metrics (ppl_vs_length, position_ppl, effective_remembrance, passkey, state_stats) or all."""
+    lengths: list[int] | None = spec(None, ge=1)
+    """Comma-separated evaluation lengths; null = 16, 32, ..., 32768 up to what the data holds."""
+    max_tokens: int | None = spec(None, ge=1)
+    """Use at most this many evaluation tokens per length; null = all the data."""
+    chunk: int = spec(1024, ge=1)
+    """Tokens per chunk of the chunked recurrence (memory is flat in the length)."""
+    batch_tokens: int | None = spec(None, ge=1)
+    """Rows x chunk tokens per forward call; null = chosen from the vocabulary size."""
+    state: Literal["zero", "previous"] = "zero"
+    """Initial state of each evaluation sequence: zero, or the previous sequence's final state."""
+    order: Literal["consecutive", "shuffled"] = "consecutive"
+    """Sequence order within the carried-state streams (with state previous)."""
+    seed: int = 0
+    """Seed of the shuffled order and the passkeys."""
+    position_length: int | None = spec(None, ge=1)
+    """L of position_ppl and state_stats; null = the longest length."""
+    effrem_length: int | None = spec(None, ge=1)
+    """Context T of effective_remembrance; null = min(longest length, 2048)."""
+    effrem_sequences: int = spec(8, ge=1)
+    """Sequences averaged by effective_remembrance."""
+    passkey_lengths: list[int] | None = spec(None, ge=1)
+    """Comma-separated passkey context lengths; null = the evaluation lengths up to 8192."""
+    passkey_depths: list[float] = spec(factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], ge=0, le=1)
+    """Comma-separated needle depths in [0, 1]."""
+    passkey_trials: int = spec(4, ge=1)
+    """Random keys per (length, depth) cell."""
+    passkey_digits: int = spec(5, ge=1)
+    """Digits of each passkey."""
+    cache_dir: str | None = None
+    """Evaluation cache directory; null = <run>/eval_cache."""
+    use_cache: bool = True
+    """Read and write the evaluation cache."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    threads: int | None = spec(None, ge=1)
+    """torch CPU threads; null = torch's default (1 is fastest on a busy machine)."""
+
+    def check(self) -> None:
+        from .evaluate.registry import metric_names
+
+        known = metric_names()
+        if self.metrics == ["all"]:
+            self.metrics = list(known)
+        unknown = [m for m in self.metrics if m not in known]
+        if unknown or not self.metrics:
+            raise UserError(f"--metrics must be a comma-separated subset of {','.join(known)} (or all); "
+                            f"got {','.join(self.metrics) or 'nothing'}")
+        self.metrics = [m for m in known if m in self.metrics]  # canonical order
+        if self.lengths is not None:
+            self.lengths = sorted(set(self.lengths))
+        if self.passkey_lengths is not None:
+            self.passkey_lengths = sorted(set(self.passkey_lengths))
+        if not self.passkey_depths:
+            raise UserError("passkey_depths must hold at least one depth in [0, 1]")
+
+
 # ----------------------------------------------------------------------------------------------------------
-# Building dataclasses from nested dicts, with errors that name the dotted key.
+# Reading configs: YAML files, dicts and dotted overrides all go through the one jsonargparse parser.
 
 
-def _check_type(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _check_type(value, arg, key)
-            except UserError as e:
-                errors.append(e)
-        raise errors[0]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise UserError(f"{key} must be true or false; got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise UserError(f"{key} must be an integer; got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise UserError(f"{key} must be a number; got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise UserError(f"{key} must be a string; got {value!r}")
-    return value
+def config_parser(cls: type = RunConfig):
+    """A jsonargparse parser whose options are the fields of ``cls`` (``--model.d_model`` ...) plus ``--config``."""
+    from .cli_parsing import dataclass_parser
 
-
-def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a nested dict; unknown keys and wrong types raise ``UserError``."""
-    if not isinstance(data, dict):
-        raise UserError(f"{prefix.rstrip('.') or 'config'} must be a mapping; got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if key not in fields:
-            raise UserError(f"unknown config key {dotted!r} (known: {', '.join(prefix + k for k in fields)})")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = from_dict(tp, value or {}, prefix=f"{dotted}.")
-        else:
-            kwargs[key] = _check_type(value, tp, dotted)
-    return cls(**kwargs)
+    return dataclass_parser(cls)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def parse_value(text: str) -> Any:
-    """A command-line value as YAML would read it: ``3`` -> 3, ``1e-3`` -> 0.001, ``true``, ``null``, strings."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, str):
-        try:
-            return float(value) if any(c in value for c in ".eE") and value.lower() not in ("nan", "inf") else value
-        except ValueError:
-            return value
-    return value
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Build dataclass ``cls`` from a nested dict (as read from YAML); unknown keys, wrong types and out-of-range
+    values raise ``UserError`` naming the dotted key."""
+    from .cli_parsing import parse_into
 
-
-def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    node = data
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        nxt = node.setdefault(part, {})
-        if not isinstance(nxt, dict):
-            raise UserError(f"cannot set {dotted!r}: {part!r} is not a section")
-        node = nxt
-    node[parts[-1]] = value
-
-
-def parse_overrides(args: list[str]) -> dict[str, Any]:
-    """``["--train.lr", "1e-3", "model.d_model=64"]`` -> ``{"train": {"lr": 0.001}, "model": {"d_model": 64}}``."""
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if "=" in arg:
-            key, text = arg.split("=", 1)
-            i += 1
-        else:
-            key = arg
-            if i + 1 >= len(args):
-                raise UserError(f"override {arg!r} has no value")
-            text = args[i + 1]
-            i += 2
-        key = key.lstrip("-")
-        if not key or "." not in key and key != "name":
-            raise UserError(f"override {arg!r} is not a dotted config key such as --train.lr 1e-3")
-        set_dotted(out, key, parse_value(text))
-    return out
-
-
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping at the top level")
-    return data
+        raise UserError(f"config must be a mapping; got {data!r}")
+    return parse_into(cls, data=data)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
-    """Read a YAML config (optional) and apply dotted overrides; returns a validated ``RunConfig``."""
-    data = load_yaml(path) if path is not None else {}
-    if overrides:
-        extra = parse_overrides(overrides) if isinstance(overrides, list) else overrides
-        data = merge(data, extra)
-    return from_dict(RunConfig, data)
+    """Read a YAML config (optional; a path or a shipped config name) and apply overrides: a list of dotted
+    command-line arguments (``["--train.lr", "1e-3"]``) or a nested dict. Returns a validated ``RunConfig``."""
+    from .cli_parsing import parse_into
+
+    args: list[str] = [] if path is None else ["--config", str(path)]
+    if isinstance(overrides, dict):
+        return parse_into(RunConfig, args=args, data=overrides)
+    return parse_into(RunConfig, args=args + list(overrides or []))

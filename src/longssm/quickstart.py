@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import load_config, merge, parse_overrides
-from .evaluate.perplexity import DEFAULT_LENGTHS
+from .cli_parsing import parse_into
+from .config import DEFAULT_LENGTHS, EvalConfig, RunConfig
 from .evaluate.plots import markdown_table, plot_ppl_vs_length
 from .evaluate.run import evaluate_run, write_outputs
+from .errors import UserError
 from .train import train
 
 # Chosen so that both runs and their evaluations finish in well under 15 minutes on 2 CPU cores.
@@ -39,6 +40,11 @@ def quickstart(
 ) -> dict[str, Any]:
     out_dir = Path(out)
     lengths = [x for x in DEFAULT_LENGTHS if x <= max_length]
+    if not lengths:
+        raise UserError(f"--max-length must be >= {DEFAULT_LENGTHS[0]}; got {max_length}")
+    if eval_tokens < lengths[-1]:
+        raise UserError(f"--eval-tokens ({eval_tokens}) must be >= the longest evaluation length ({lengths[-1]})")
+    eval_cfg = EvalConfig(lengths=lengths, max_tokens=eval_tokens)
     results = []
     t0 = time.perf_counter()
     for scheme in ("zero", "previous"):
@@ -50,12 +56,12 @@ def quickstart(
         if steps is not None:
             base["train"]["steps"] = steps
         base["train"]["progress"] = progress
-        cfg = load_config(None, merge(base, parse_overrides(overrides or [])))
+        cfg = parse_into(RunConfig, args=overrides, base=base)
         run_dir = out_dir / cfg.name
         print(f"== training {cfg.name} ({cfg.train.steps} steps, T={cfg.train.seq_len}, B={cfg.train.batch_size})")
         train(cfg, run_dir)
         print(f"== evaluating {cfg.name} at L = {lengths[0]} … {lengths[-1]} on {eval_tokens} validation tokens")
-        res = evaluate_run(run_dir, lengths=lengths, max_tokens=eval_tokens, progress=progress)
+        res = evaluate_run(run_dir, eval_cfg, progress=progress)
         write_outputs(res, out_dir / f"{cfg.name}.json")
         results.append(res)
     table = markdown_table(results)

@@ -1,8 +1,12 @@
-"""Where shipped data lives: ``builtin:<rel>`` names a file under the repository's ``data/`` folder."""
+"""Where shipped files live: data, tokenizer and configs are package data, found with ``importlib.resources``.
+
+``builtin:<rel>`` names a file under the package's ``assets/`` folder (``builtin:wikitext-103/wiki.valid.tokens``),
+so it resolves the same from a source checkout, an editable install or a wheel, from any working directory.
+"""
 
 from __future__ import annotations
 
-import os
+from importlib import resources
 from pathlib import Path
 
 from ..errors import UserError
@@ -10,19 +14,24 @@ from ..errors import UserError
 BUILTIN_PREFIX = "builtin:"
 
 
-def data_root() -> Path:
-    """The shipped data folder: ``$LONGSSM_DATA`` or ``<repo>/data`` (next to ``src/``)."""
-    env = os.environ.get("LONGSSM_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "data"
+def assets_root() -> Path:
+    """The shipped data folder inside the installed package."""
+    return Path(str(resources.files("longssm") / "assets"))
+
+
+def shipped_configs() -> dict[str, Path]:
+    """Config name -> path of every YAML config shipped with the package (``mamba_tiny``, ``quickstart``, ...)."""
+    root = Path(str(resources.files("longssm") / "configs"))
+    return {p.stem: p for p in sorted(root.glob("*.yaml"))}
 
 
 def resolve_path(spec: str | Path) -> Path:
+    """``builtin:<rel>`` -> the shipped file; anything else -> the path as given (``~`` expanded)."""
     spec = str(spec)
     if spec.startswith(BUILTIN_PREFIX):
-        path = data_root() / spec[len(BUILTIN_PREFIX):]
+        path = assets_root() / spec[len(BUILTIN_PREFIX):]
         if not path.exists():
-            raise UserError(f"shipped data file {spec!r} not found at {path} (set LONGSSM_DATA to the repo's data/ folder)")
+            shipped = sorted(str(p.relative_to(assets_root())) for p in assets_root().rglob("*") if p.is_file())
+            raise UserError(f"no shipped data file {spec!r} (shipped: {', '.join(shipped)})")
         return path
     return Path(spec).expanduser()
