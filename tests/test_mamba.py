@@ -1,4 +1,4 @@
-"""MambaLM: the chunked recurrence is exact, names and logits match HF ``MambaForCausalLM``."""
+"""Mamba-1: the chunked recurrence is exact, names and logits match HF ``MambaForCausalLM``."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from longssm.config import ModelConfig
+from longssm.models import RecurrentLM, build_model
 from longssm.models.base import detach_state
-from longssm.models.mamba import MambaLM
+from longssm.models.hf_adapters import hf_adapter
 
 V = 37
 
@@ -19,9 +20,9 @@ def tiny_config(**kw) -> ModelConfig:
     return ModelConfig(**base)
 
 
-def make_model(dtype=torch.float64, seed=0, **kw) -> MambaLM:
+def make_model(dtype=torch.float64, seed=0, **kw) -> RecurrentLM:
     torch.manual_seed(seed)
-    model = MambaLM(tiny_config(**kw)).to(dtype)
+    model = build_model(tiny_config(**kw)).to(dtype)
     with torch.no_grad():  # move Δ away from its tiny init so the state carries real memory across chunks
         for layer in model.backbone.layers:
             layer.mixer.dt_proj.bias.add_(2.0)
@@ -38,7 +39,7 @@ def split_points(length: int, gen: torch.Generator) -> list[int]:
     return [s for s in sizes if s > 0]
 
 
-@pytest.mark.parametrize("scan", ["reference", "fast"])
+@pytest.mark.parametrize("scan", ["reference", "chunked"])
 def test_chunked_recurrence_equals_whole_sequence(scan):
     model = make_model(scan=scan)
     gen = torch.Generator().manual_seed(1)
@@ -69,7 +70,7 @@ def test_state_shapes_and_none_means_zeros():
     tokens = torch.randint(0, V, (2, 5))
     with torch.no_grad():
         a, sa = model(tokens)
-        b, sb = model(tokens, state)
+        b, _ = model(tokens, state)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     # the state is not trivially zero afterwards, and every tensor is contiguous (safetensors can save it)
     assert all(v.abs().max() > 0 for v in sa.values())
@@ -79,7 +80,7 @@ def test_state_shapes_and_none_means_zeros():
 def test_tbptt_windows_carry_state_like_concatenation():
     """Windows k and k+1 with the detached carried state give the logits of the concatenated sequence,
     and gradients still flow inside each window."""
-    model = make_model(scan="fast")
+    model = make_model(scan="chunked")
     tokens = torch.randint(0, V, (2, 24))
     with torch.no_grad():
         whole, _ = model(tokens)
@@ -102,11 +103,11 @@ def test_gradient_reaches_initial_state():
     assert all(v.grad is not None and v.grad.abs().max() > 0 for v in state.values())
 
 
-def test_fast_scan_model_equals_reference_scan_model():
+def test_chunked_scan_model_equals_reference_scan_model():
     tokens = torch.randint(0, V, (2, 29))
-    ref, fast = make_model(torch.float32, scan="reference"), make_model(torch.float32, scan="fast")
+    ref, chunked = make_model(torch.float32, scan="reference"), make_model(torch.float32, scan="chunked")
     with torch.no_grad():
-        (a, sa), (b, sb) = ref(tokens), fast(tokens)
+        (a, sa), (b, sb) = ref(tokens), chunked(tokens)
     torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
     for key in sa:
         torch.testing.assert_close(sb[key], sa[key], atol=1e-5, rtol=1e-5)
@@ -115,38 +116,51 @@ def test_fast_scan_model_equals_reference_scan_model():
 # --------------------------------------------------------------------------------------------------------
 # External oracle: Hugging Face transformers, tiny random config, no downloads.
 
-transformers = pytest.importorskip("transformers")
+@pytest.fixture(scope="module")
+def transformers():
+    return pytest.importorskip("transformers")
 
 
-def hf_pair(seed=0):
+def hf_pair(transformers, seed=0):
     torch.manual_seed(seed)
     hf_config = transformers.MambaConfig(
         vocab_size=V, hidden_size=16, state_size=4, num_hidden_layers=2, expand=2, conv_kernel=4,
         time_step_rank=3, layer_norm_epsilon=1e-5, use_bias=False, use_conv_bias=True,
     )
     hf = transformers.MambaForCausalLM(hf_config).eval()
-    ours = MambaLM(tiny_config()).eval()
+    ours = build_model(tiny_config()).eval()
     return hf, ours
 
 
-def test_state_dict_names_are_hf_names():
-    hf, ours = hf_pair()
+def test_state_dict_names_are_hf_names(transformers):
+    hf, ours = hf_pair(transformers)
     hf_sd, our_sd = hf.state_dict(), ours.state_dict()
     assert set(hf_sd) == set(our_sd)
     assert all(hf_sd[k].shape == our_sd[k].shape for k in hf_sd)
-    # both directions, strict
+    # both directions, strict, with the identity mapping
     ours.load_state_dict(hf_sd, strict=True)
     hf.load_state_dict(ours.state_dict(), strict=True)
-    # a save_pretrained-style dict has no lm_head.weight; the tie fills it
-    fresh = MambaLM(tiny_config())
-    fresh.load_state_dict({k: v for k, v in hf_sd.items() if k != "lm_head.weight"}, strict=True)
-    assert fresh.lm_head.weight is fresh.backbone.embeddings.weight
-    torch.testing.assert_close(fresh.lm_head.weight, hf_sd["backbone.embeddings.weight"])
 
 
-@pytest.mark.parametrize("scan", ["reference", "fast"])
-def test_logits_match_hf(scan):
-    hf, ours = hf_pair(seed=3)
+def test_adapter_reads_save_pretrained_and_mamba_ssm_files(transformers):
+    """save_pretrained omits the tied lm_head.weight; original mamba_ssm files say backbone.embedding (singular)."""
+    hf, _ = hf_pair(transformers)
+    hf_sd = hf.state_dict()
+    adapter = hf_adapter("mamba")
+    without_head = {k: v for k, v in hf_sd.items() if k != "lm_head.weight"}
+    mamba_ssm_style = {k.replace("backbone.embeddings.", "backbone.embedding."): v for k, v in without_head.items()}
+    for source in (without_head, mamba_ssm_style):
+        fresh = build_model(tiny_config())
+        fresh.load_state_dict(adapter.from_hf(source), strict=True)
+        assert fresh.lm_head.weight is fresh.backbone.embeddings.weight
+        torch.testing.assert_close(fresh.lm_head.weight, hf_sd["backbone.embeddings.weight"], atol=0, rtol=0)
+    # to_hf writes the head out again: HF loads what our checkpoints store (the tied head once)
+    hf.load_state_dict(adapter.to_hf({k: v for k, v in fresh.state_dict().items() if k != "lm_head.weight"}))
+
+
+@pytest.mark.parametrize("scan", ["reference", "chunked"])
+def test_logits_match_hf(transformers, scan):
+    hf, ours = hf_pair(transformers, seed=3)
     ours.config.scan = scan
     ours.load_state_dict(hf.state_dict(), strict=True)
     tokens = torch.randint(0, V, (2, 23))

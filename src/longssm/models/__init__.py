@@ -1,34 +1,26 @@
-"""Model families behind one stateful interface (see ``base.py``), selected by ``model.family``."""
+"""Recurrent language models: one shell (``lm.RecurrentLM``) around the block of the family ``model.family`` names.
+
+    lm.py           RecurrentLM (embedding -> pre-norm residual blocks -> final norm -> tied head), the block
+                    protocol RecurrentBlock, resolve_scan
+    layers.py       RMSNorm, CausalDepthwiseConv1d (shared by the families)
+    mamba.py, mamba2.py, s5.py, rnn.py       the built-in blocks
+    registry.py     family names -> blocks (built-in, register_family, module:Class)
+    hf_adapters.py  Hugging Face / mamba_ssm state-dict adapters
+    base.py         the stateful interface and family-agnostic state helpers
+"""
 
 from __future__ import annotations
 
-import importlib
-
-from torch import nn
-
 from ..config import ModelConfig
-from ..errors import UserError
 from .base import State, StatefulLM
-
-# family -> (module, class name); modules are imported on demand.
-REGISTRY: dict[str, tuple[str, str]] = {
-    "mamba": ("mamba", "MambaLM"),
-    "mamba2": ("mamba2", "Mamba2LM"),
-    "s5": ("s5", "S5LM"),
-    "gru": ("rnn", "GRULM"),
-    "lstm": ("rnn", "LSTMLM"),
-}
+from .lm import RecurrentLM
+from .registry import get_family
 
 
-def build_model(config: ModelConfig) -> nn.Module:
-    """Instantiate the language model of ``config.family`` (``config.vocab_size`` must be set)."""
-    if config.vocab_size is None:
-        raise UserError("model.vocab_size is not set (it is normally taken from the tokenizer)")
-    if config.family not in REGISTRY:
-        raise UserError(f"model.family must be one of {', '.join(REGISTRY)}; got {config.family!r}")
-    module_name, class_name = REGISTRY[config.family]
-    module = importlib.import_module(f"{__name__}.{module_name}")
-    return getattr(module, class_name)(config)
+def build_model(config: ModelConfig, *, tie_embeddings: bool = True) -> RecurrentLM:
+    """The language model of ``config.family`` (``config.vocab_size`` must be set); see ``RecurrentLM``."""
+    family = get_family(config.family)
+    return RecurrentLM(config, family.block, norm=family.norm, tie_embeddings=tie_embeddings)
 
 
-__all__ = ["REGISTRY", "State", "StatefulLM", "build_model"]
+__all__ = ["RecurrentLM", "State", "StatefulLM", "build_model"]

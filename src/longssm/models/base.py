@@ -31,7 +31,7 @@ State = dict[str, Tensor]
 class StatefulLM(Protocol):
     """What the training engine, the state schemes and the evaluators rely on."""
 
-    config: "object"
+    config: object
 
     def __call__(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]: ...
 

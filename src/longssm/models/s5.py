@@ -1,4 +1,5 @@
-"""S5 language model: a stack of MIMO diagonal state space layers with GLU mixing.
+"""S5: a MIMO diagonal state space layer with GLU mixing, the block of the S5 language model
+(``lm.RecurrentLM`` with LayerNorm).
 
 References:
     [1] Smith, Warrington & Linderman, "Simplified State Space Layers for Sequence Modeling", ICLR 2023
@@ -35,6 +36,8 @@ Block (pre-norm; the mixing is the official code's "full GLU": GELU, then a sigm
     z = S5(LayerNorm(u)) ;  z = dropout(GELU(z)) ;  z = W₁z ⊙ σ(W₂z) (one Linear(d, 2d) + GLU) ;
     u ← u + dropout(z)
 
+(the residual and the LayerNorm are the shell's; ``S5Mixer`` is everything inside ``u + ...``).
+
 Initialisation: Λ from the HiPPO-N matrix [1, 2] — the normal part of HiPPO-LegS,
     A_N[i, j] = −(i+½)^½ (j+½)^½ for i > j,   −½ for i = j,   +(i+½)^½ (j+½)^½ for i < j,
 i.e. −½ I plus a skew-symmetric matrix, diagonalised exactly by the Hermitian eigendecomposition of its
@@ -65,9 +68,9 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from ..errors import UserError
 from ..ops.s5_scan import diag_scan_fast, diag_scan_ref
-from .base import State
+from .lm import resolve_scan
 
-__all__ = ["S5LM", "S5SSM", "hippo_n", "init_lambda_v"]
+__all__ = ["S5SSM", "S5Mixer", "hippo_n", "init_lambda_v"]
 
 
 def hippo_n(size: int) -> Tensor:
@@ -120,14 +123,13 @@ class S5SSM(nn.Module):
         dt_max: float = 0.1,
         blocks: int = 1,
         init: str = "hippo_n",
-        scan: str = "fast",
         chunk_size: int = 64,
     ) -> None:
         super().__init__()
         if d_state % (2 * blocks):
             raise UserError(f"model.d_state (P = {d_state}) must be even for S5 (conjugate pairs)")
         self.d_model, self.d_state, self.n = d_model, d_state, d_state // 2
-        self.scan, self.chunk_size = scan, chunk_size
+        self.chunk_size = chunk_size
         lam, v = init_lambda_v(d_state, blocks, init)
         b_real = torch.randn(d_state, d_model, dtype=torch.float64) / math.sqrt(d_model)
         c_full = torch.randn(d_model, d_state, dtype=torch.complex128) / math.sqrt(d_state)
@@ -149,8 +151,9 @@ class S5SSM(nn.Module):
         b_bar = ((lambda_bar - 1) / lam)[:, None] * torch.view_as_complex(self.B)
         return lambda_bar, b_bar
 
-    def forward(self, u: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Eqs. (2)-(4). u: (b, l, d) real; state: x_{-1} (b, n) complex or None (zeros).
+    def forward(self, u: Tensor, state: Tensor | None = None, impl: str = "chunked") -> tuple[Tensor, Tensor]:
+        """Eqs. (2)-(4). u: (b, l, d) real; state: x_{-1} (b, n) complex or None (zeros); ``impl``: the scan of
+        Eq. (3), "chunked" (parallel, ``diag_scan_fast``) or "reference" (the sequential loop).
 
         Returns y (b, l, d) real and the final state x_{l-1} (b, n) complex.
         """
@@ -158,71 +161,37 @@ class S5SSM(nn.Module):
         # B̄u as one real matmul with [Re B̄; Im B̄] (2n, d); the scan never runs in half precision.
         bu = F.linear(u, torch.cat([b_bar.real, b_bar.imag])).to(b_bar.real.dtype)
         bu = torch.complex(bu[..., : self.n], bu[..., self.n :])  # (b, l, n)
-        if self.scan == "reference":
+        if impl == "chunked":
+            xs, state = diag_scan_fast(lambda_bar, bu, state, self.chunk_size)
+        elif impl == "reference":
             xs, state = diag_scan_ref(lambda_bar, bu, state)
         else:
-            xs, state = diag_scan_fast(lambda_bar, bu, state, self.chunk_size)
+            raise ValueError(f"impl must be 'chunked' or 'reference'; got {impl!r}")
         # Eq. (4): 2 Re(C̃x) = 2 (Re C̃ Re x − Im C̃ Im x): one real matmul over x's interleaved (re, im).
         c = self.C * self.C.new_tensor([2.0, -2.0])  # (d, n, 2): (2 Re C̃, −2 Im C̃)
         y = F.linear(torch.view_as_real(xs).flatten(-2), c.flatten(-2)) + self.D * u
         return y, state
 
 
-class S5Block(nn.Module):
-    """u ← u + dropout(GLU(W dropout(GELU(S5(LayerNorm(u)))))): (b, l, d) -> (b, l, d)."""
+class S5Mixer(nn.Module):
+    """The S5 block inside the residual: dropout(GLU(W dropout(GELU(S5(u))))). (b, l, d) -> (b, l, d)."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         d = config.d_model
-        self.norm = nn.LayerNorm(d, eps=config.norm_eps)
-        self.ssm = S5SSM(
-            d, config.d_state, config.dt_min, config.dt_max, scan=config.scan, chunk_size=config.chunk_size
-        )
+        self.config = config  # read at call time: config.scan may be switched after construction
+        self.ssm = S5SSM(d, config.d_state, config.dt_min, config.dt_max, chunk_size=config.chunk_size)
         self.mix = nn.Linear(d, 2 * d)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, u: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
-        z, state = self.ssm(self.norm(u), state)
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """ssm: ``view_as_real`` of the n = P/2 complex states, (n, 2)."""
+        return {"ssm": (self.ssm.n, 2)}
+
+    def forward(self, u: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """u (b, l, d), state {ssm (b, n, 2)} -> out (b, l, d), the new state."""
+        x0 = torch.view_as_complex(state["ssm"].to(u.dtype).contiguous())
+        z, x = self.ssm(u, x0, impl=resolve_scan(self.config.scan, u.device))
         z = self.dropout(F.gelu(z))
         z = F.glu(self.mix(z), dim=-1)
-        return u + self.dropout(z), state
-
-
-class S5LM(nn.Module):
-    """Embedding -> n_layers S5 blocks -> LayerNorm -> tied lm_head.
-
-    forward(tokens (b, l), state) -> logits (b, l, V), state; state keys ``"layers.{i}.ssm"`` (b, P/2, 2).
-    """
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.embedding = nn.Embedding(config.vocab_size, config.d_model)
-        self.layers = nn.ModuleList(S5Block(config) for _ in range(config.n_layers))
-        self.norm_f = nn.LayerNorm(config.d_model, eps=config.norm_eps)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.lm_head.weight = self.embedding.weight
-        nn.init.normal_(self.embedding.weight, std=0.02)
-
-    def initial_state(
-        self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> State:
-        """Zeros: ``{"layers.{i}.ssm": (b, P/2, 2)}`` in ``dtype`` (default: the parameters' dtype)."""
-        device = device if device is not None else self.embedding.weight.device
-        dtype = dtype if dtype is not None else self.embedding.weight.dtype
-        n = self.config.d_state // 2
-        return {f"layers.{i}.ssm": torch.zeros(batch_size, n, 2, device=device, dtype=dtype)
-                for i in range(len(self.layers))}
-
-    def forward(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """tokens (b, l) -> logits (b, l, V), state after the last token (see ``base.py``)."""
-        u = self.embedding(tokens)
-        new_state: State = {}
-        for i, layer in enumerate(self.layers):
-            key = f"layers.{i}.ssm"
-            x0 = None
-            if state is not None:
-                x0 = torch.view_as_complex(state[key].to(u.dtype).contiguous())
-            u, x = layer(u, x0)
-            new_state[key] = torch.view_as_real(x).contiguous()
-        return self.lm_head(self.norm_f(u)), new_state
+        return self.dropout(z), {"ssm": torch.view_as_real(x).contiguous()}

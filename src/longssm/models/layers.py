@@ -1,0 +1,57 @@
+"""Layers shared by several families: RMSNorm and the stateful causal depthwise convolution.
+
+Glossary
+    b  batch        l  sequence length        c  channels        k  kernel width (d_conv)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class RMSNorm(nn.Module):
+    """y = weight ⊙ x / sqrt(mean(x²) + eps) over the last dimension: (..., d) -> (..., d).
+
+    Computed in the input's dtype promoted to at least float32: half precision is normalised in float32, and
+    float64 stays float64 (HF always casts to float32, which would keep the float64 exactness tests at ~1e-7).
+    """
+
+    def __init__(self, d: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (..., d) -> (..., d) in x's dtype."""
+        v = x.to(torch.promote_types(x.dtype, torch.float32))
+        v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * v.to(x.dtype)
+
+
+class CausalDepthwiseConv1d(nn.Conv1d):
+    """Causal depthwise convolution over time that continues from a carried state (Mamba-1 and Mamba-2).
+
+    Parameters are those of ``nn.Conv1d(c, c, k, groups=c)`` (``weight`` (c, 1, k), ``bias`` (c,)), so the names
+    and the initialisation match the official code and HF; only ``forward`` differs:
+
+        y_t = bias + Σ_{j<k} w_j ⊙ xc_{t+j},     xc = [state (the previous k-1 inputs, oldest first), x]
+
+    written as k shifted multiply-adds instead of a padded conv1d: exact in any dtype, cheaper on CPU than
+    conv1d's backward, and torch's float64 depthwise conv1d is a slow per-channel loop. Works for any l,
+    also l < k - 1. The new state is the last k - 1 rows of xc.
+    """
+
+    def __init__(self, channels: int, kernel_size: int) -> None:
+        super().__init__(channels, channels, kernel_size, groups=channels, bias=True)
+
+    def forward(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        """x (b, l, c), state (b, c, k-1) -> y (b, l, c) (before any activation), new state (b, c, k-1)."""
+        k, l = self.kernel_size[0], x.shape[1]
+        xc = torch.cat([state.transpose(1, 2).to(x.dtype), x], dim=1)  # (b, k-1+l, c)
+        weight = self.weight[:, 0, :].to(x.dtype)  # (c, k)
+        y = torch.addcmul(self.bias.to(x.dtype), xc[:, :l], weight[:, 0])
+        for j in range(1, k):
+            y = torch.addcmul(y, xc[:, j:j + l], weight[:, j])
+        new_state = xc[:, xc.shape[1] - (k - 1):].transpose(1, 2).contiguous()
+        return y, new_state
