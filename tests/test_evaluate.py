@@ -1,25 +1,56 @@
 """Evaluation metrics against independent references: full-sequence forwards, naive loops, toy models whose
-memory is known exactly (none, a fixed window, an n-gram copier), and a counter whose state norm is its position."""
+memory is known exactly (none, a fixed window, an n-gram copier), and a counter whose state norm is its position.
+Then the metric registry, the result types' JSON, reports, plots and the one-line errors of bad inputs."""
 
 from __future__ import annotations
 
+import csv
+import itertools
+import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from longssm.config import ModelConfig
+from longssm.config import EvalConfig, ModelConfig
 from longssm.data.tokenizer import ByteTokenizer
-from longssm.evaluate.passkey import build_prompt, min_prompt_length, passkey_grid
-from longssm.evaluate.perplexity import (eval_token_count, length_curve, log_bins, make_sequences, position_summary,
-                                         ppl_vs_length, sequence_losses)
-from longssm.evaluate.remembrance import effective_remembrance, effrem_grid, last_logits_truncated, tv_distance
-from longssm.evaluate.state_stats import StateStats, log_grid, state_statistics
-from longssm.evaluate.sweep import length_extension_verdict, sweep_grid
 from longssm.errors import UserError
-from longssm.models.mamba import MambaLM
+from longssm.evaluate.passkey import (
+    PasskeyResult,
+    build_prompt,
+    check_passkey_settings,
+    min_prompt_length,
+    passkey_grid,
+)
+from longssm.evaluate.perplexity import (
+    PositionPplResult,
+    PplVsLengthResult,
+    eval_token_count,
+    length_curve,
+    log_bins,
+    make_sequences,
+    position_summary,
+    ppl_vs_length,
+    sequence_losses,
+)
+from longssm.evaluate.plots import check_plot_path, plot_all, plot_ppl_vs_length
+from longssm.evaluate.registry import get_metric, metric_names
+from longssm.evaluate.remembrance import (
+    EffRemResult,
+    effective_remembrance,
+    effrem_grid,
+    last_logits_truncated,
+    tv_distance,
+)
+from longssm.evaluate.report import length_extension_verdict, markdown_report, markdown_table, run_label, sweep_grid
+from longssm.evaluate.run import compare, load_result, write_outputs
+from longssm.evaluate.state_stats import StateStats, StateStatsResult, log_grid
+from longssm.models import RecurrentLM, build_model
 
 V = 23
 
@@ -33,10 +64,10 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def tiny_mamba(seed: int = 0, vocab: int = V) -> MambaLM:
+def tiny_mamba(seed: int = 0, vocab: int = V) -> RecurrentLM:
     torch.manual_seed(seed)
     cfg = ModelConfig(family="mamba", vocab_size=vocab, d_model=8, n_layers=2, d_state=4, expand=2, d_conv=3, dt_rank=2)
-    model = MambaLM(cfg).double()
+    model = build_model(cfg).double()
     with torch.no_grad():  # larger Δ so the state carries real memory
         for layer in model.backbone.layers:
             layer.mixer.dt_proj.bias.add_(1.5)
@@ -77,7 +108,8 @@ class CounterLM(torch.nn.Module):
 
     def forward(self, tokens, state=None):
         state = state or self.initial_state(tokens.shape[0])
-        return torch.zeros(*tokens.shape, V, dtype=torch.float64), {"layers.0.count": state["layers.0.count"] + tokens.shape[1]}
+        count = state["layers.0.count"] + tokens.shape[1]
+        return torch.zeros(*tokens.shape, V, dtype=torch.float64), {"layers.0.count": count}
 
 
 class CopyLM(torch.nn.Module):
@@ -187,15 +219,15 @@ def test_position_losses_average_to_ppl_at_same_length():
     ppl = ppl_vs_length(model, tokens, lengths)
     n = eval_token_count(len(tokens), lengths, None)
     stats = StateStats(64)  # the position pass with the state-statistics cuts and hook
-    nll, _ = sequence_losses(model, make_sequences(tokens, 64, n), chunk=10, tokens_per_forward=20, cuts=stats.positions,
-                             on_segment=stats)
+    nll, _ = sequence_losses(model, make_sequences(tokens, 64, n), chunk=10, tokens_per_forward=20,
+                             cuts=stats.positions, on_segment=stats)
     curve = nll.mean(0).numpy()
     assert abs(math.exp(curve.mean()) - ppl["64"]) < 1e-10
     summary = position_summary(curve, nll.shape[0])
-    weights = [b["hi"] - b["lo"] + 1 for b in summary["bins"]]
+    weights = [b["hi"] - b["lo"] + 1 for b in summary.bins]
     assert sum(weights) == 64
-    assert abs(math.exp(np.average([b["loss"] for b in summary["bins"]], weights=weights)) - ppl["64"]) < 1e-10
-    assert abs(summary["ppl"] - ppl["64"]) < 1e-10
+    assert abs(math.exp(np.average([b["loss"] for b in summary.bins], weights=weights)) - ppl["64"]) < 1e-10
+    assert abs(summary.ppl - ppl["64"]) < 1e-10
 
 
 def test_log_bins_cover_every_position_once():
@@ -203,7 +235,7 @@ def test_log_bins_cover_every_position_once():
         for per in (1, 8):
             bins = log_bins(L, per)
             assert bins[0][0] == 1 and bins[-1][1] == L
-            assert all(b[0] == a[1] + 1 for a, b in zip(bins[:-1], bins[1:]))
+            assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(bins))
 
 
 def test_lengths_longer_than_data_is_a_user_error():
@@ -218,12 +250,13 @@ def test_effrem_matches_naive_loop_and_is_zero_at_t0():
     model, tokens = tiny_mamba(4), random_tokens(100, seed=4)
     T, n = 20, 3
     res = effective_remembrance(model, tokens, T, n, chunk=3, tokens_per_forward=10)
-    assert res["t"] == effrem_grid(T) == [0, 1, 2, 4, 8, 12, 16, 18, 19]
-    assert res["effrem"][0] == 0.0
+    assert res.t == effrem_grid(T) == [0, 1, 2, 4, 8, 12, 16, 18, 19]
+    assert res.effrem[0] == 0.0
+    assert res.tokens_fed == n * sum(T - t for t in res.t)
     windows = torch.from_numpy(tokens[: n * T].astype(np.int64).reshape(n, T))
     with torch.no_grad():
         want = []
-        for t in res["t"]:
+        for t in res.t:
             tv = []
             for s in range(n):
                 full, _ = model(windows[s : s + 1])
@@ -231,8 +264,8 @@ def test_effrem_matches_naive_loop_and_is_zero_at_t0():
                 p, q = torch.softmax(full[0, -1], -1), torch.softmax(part[0, -1], -1)
                 tv.append(0.5 * float((p - q).abs().sum()))
             want.append(sum(tv) / n)
-    np.testing.assert_allclose(res["effrem"], want, rtol=1e-10, atol=1e-14)
-    assert res["effrem"][-1] > res["effrem"][1] > 0
+    np.testing.assert_allclose(res.effrem, want, rtol=1e-10, atol=1e-14)
+    assert res.effrem[-1] > res.effrem[1] > 0
 
 
 def test_truncated_rows_never_see_earlier_tokens():
@@ -249,15 +282,15 @@ def test_truncated_rows_never_see_earlier_tokens():
 
 def test_effrem_of_memoryless_model_is_zero():
     res = effective_remembrance(WindowLM(k=1), random_tokens(200, seed=5), 32, 4, chunk=8)
-    assert max(res["effrem"]) == pytest.approx(0.0, abs=1e-12)
+    assert max(res.effrem) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_effrem_of_window_model_is_zero_until_the_window():
     """Memory of exactly k tokens: EffRem_T(t) = 0 while x[t:T] still holds the window (t ≤ T − k), > 0 after."""
     k, T = 4, 32
     res = effective_remembrance(WindowLM(k=k), random_tokens(400, seed=6), T, 6, chunk=5, tokens_per_forward=30)
-    assert {28, 30, 31} <= set(res["t"])
-    for t, v in zip(res["t"], res["effrem"]):
+    assert {28, 30, 31} <= set(res.t)
+    for t, v in zip(res.t, res.effrem):
         if t <= T - k:
             assert v == pytest.approx(0.0, abs=1e-12), t
         else:
@@ -282,16 +315,17 @@ def test_passkey_prompt_has_exact_length_and_the_key():
 def test_passkey_copy_oracle_scores_100_percent():
     res = passkey_grid(CopyLM(), ByteTokenizer(), [256, 512], depths=[0.0, 0.5, 1.0], trials=2, chunk=100,
                        tokens_per_forward=400)
-    for key in ("accuracy", "ranked_accuracy"):
-        assert all(v == 1.0 for row in res[key].values() for v in row.values()), res[key]
-    assert res["mean_accuracy"] == {"256": 1.0, "512": 1.0}
+    for grid in (res.accuracy, res.ranked_accuracy):
+        assert grid == {L: {"0.0": 1.0, "0.5": 1.0, "1.0": 1.0} for L in ("256", "512")}, grid
+    assert res.mean_accuracy == {"256": 1.0, "512": 1.0}
+    assert all(e["greedy"].strip() == e["key"] for row in res.examples.values() for e in row.values())
 
 
 def test_passkey_random_model_is_near_chance():
     res = passkey_grid(BigramLM(), ByteTokenizer(), [256], depths=[0.5], trials=80, distractors=9)
-    assert res["accuracy"]["256"]["0.5"] == 0.0  # chance 1e-5
-    assert 0.0 <= res["ranked_accuracy"]["256"]["0.5"] <= 0.3  # chance 0.1; binomial sd 0.034
-    assert res["ranked_chance"] == pytest.approx(0.1)
+    assert res.accuracy["256"]["0.5"] == 0.0  # chance 1e-5
+    assert res.ranked_accuracy["256"]["0.5"] <= 0.3  # chance 0.1; binomial sd 0.034
+    assert res.ranked_chance == pytest.approx(0.1)
 
 
 # --- state statistics -----------------------------------------------------------------------------------------
@@ -299,12 +333,15 @@ def test_passkey_random_model_is_near_chance():
 
 def test_state_stats_of_a_counter_are_its_positions():
     seqs = torch.zeros(5, 41, dtype=torch.long)
-    res = state_statistics(CounterLM(), seqs, chunk=16, tokens_per_forward=32, train_seq_len=8)
-    assert res["positions"] == log_grid(40) == [1, 2, 4, 8, 16, 32, 40]
-    st = res["keys"]["layers.0.count"]
-    assert st["norm"] == st["mean_abs"] == st["max_abs"] == [float(c) for c in res["positions"]]
-    assert res["n_sequences"] == 5
-    assert res["growth_past_train"]["layers.0.count"] == pytest.approx(5.0)
+    stats = StateStats(40)
+    sequence_losses(CounterLM(), seqs, chunk=16, tokens_per_forward=32, cuts=stats.positions, on_segment=stats)
+    res = stats.result(train_seq_len=8)
+    assert res.positions == log_grid(40) == [1, 2, 4, 8, 16, 32, 40]
+    st = res.keys["layers.0.count"]
+    assert st["norm"] == st["mean_abs"] == st["max_abs"] == [float(c) for c in res.positions]
+    assert res.n_sequences == 5
+    assert res.growth_past_train == {"layers.0.count": pytest.approx(5.0)}
+    assert "growth_past_train" not in stats.result(train_seq_len=12).to_json()  # T off the grid
 
 
 # --- verdicts and sweeps ----------------------------------------------------------------------------------------
@@ -320,3 +357,191 @@ def test_length_extension_verdicts():
     assert [r["train_seq_len"] for r in grid["rows"]] == [16, 64]
     assert grid["lengths"] == [16, 64]
     assert grid["loss"][0][1] is None and grid["loss"][1][1] == pytest.approx(math.log(3.0))
+
+
+# --- registry and result types --------------------------------------------------------------------------------------
+
+
+def test_registry_lists_every_metric_in_canonical_order_and_eval_config_uses_it():
+    names = ("ppl_vs_length", "position_ppl", "effective_remembrance", "passkey", "state_stats")
+    assert metric_names() == names
+    assert EvalConfig(metrics=["all"]).metrics == list(names)
+    assert EvalConfig(metrics=["state_stats", "ppl_vs_length"]).metrics == ["ppl_vs_length", "state_stats"]
+    with pytest.raises(UserError, match="metrics must be"):
+        EvalConfig(metrics=["ppl_vs_length", "bogus"])
+    with pytest.raises(UserError, match="unknown metric 'bogus'"):
+        get_metric("bogus")
+    types = [get_metric(n).result_type for n in names]
+    assert types == [PplVsLengthResult, PositionPplResult, EffRemResult, PasskeyResult, StateStatsResult]
+
+
+def test_importing_the_config_does_not_import_torch_or_the_metrics():
+    code = ("import sys; import longssm.config, longssm.evaluate.registry; "
+            "print(sorted(m for m in ('torch', 'longssm.evaluate.perplexity') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.fixture(scope="module")
+def metric_results() -> dict[str, object]:
+    """One real result of every metric, from the toy models (fast)."""
+    curve = np.log(np.arange(2.0, 66.0))  # loss grows with the position: (64,)
+    stats = StateStats(64)
+    sequence_losses(CounterLM(), torch.zeros(3, 65, dtype=torch.long), chunk=16, cuts=stats.positions,
+                    on_segment=stats)
+    return {
+        "ppl_vs_length": PplVsLengthResult({16: 9.0, 32: 8.0, 64: 7.5}),
+        "position_ppl": position_summary(curve, 5),
+        "effective_remembrance": effective_remembrance(WindowLM(k=4), random_tokens(200, seed=8), 16, 2),
+        "passkey": passkey_grid(BigramLM(), ByteTokenizer(), [256], depths=[0.0, 1.0], trials=1),
+        "state_stats": stats.result(train_seq_len=16),
+    }
+
+
+def test_every_result_round_trips_through_json(metric_results):
+    for name, result in metric_results.items():
+        text = json.dumps(result.to_json())
+        assert type(result).from_json(json.loads(text), name) == result, name
+    assert metric_results["ppl_vs_length"].to_json() == {"16": 9.0, "32": 8.0, "64": 7.5}
+    assert set(metric_results["position_ppl"].to_json()) == {"length", "n_sequences", "ppl", "bins", "curve"}
+
+
+@pytest.mark.parametrize("result_type, data, message", [
+    (PplVsLengthResult, [1, 2], "ppl_vs_length must be a mapping; got [1, 2]"),
+    (PplVsLengthResult, {"16": "low"}, "ppl_vs_length.16 must be a number; got 'low'"),
+    (PplVsLengthResult, {"16": True}, "ppl_vs_length.16 must be a number; got True"),
+    (PplVsLengthResult, {"sixteen": 3.0}, "must map evaluation lengths to perplexities; got the key 'sixteen'"),
+    (PplVsLengthResult, {}, "got nothing"),
+    (EffRemResult, {"T": 16, "n_sequences": 1, "t": [0]}, "effective_remembrance has no 'effrem'"),
+    (EffRemResult, {"T": 16.5, "n_sequences": 1, "t": [0], "effrem": [0.0], "per_sequence_std": [0.0],
+                    "tokens_fed": 16}, "effective_remembrance.T must be an integer; got 16.5"),
+    (PasskeyResult, None, "passkey must be a mapping; got None"),
+])
+def test_results_of_the_wrong_shape_are_one_line_errors(result_type, data, message):
+    name = {PplVsLengthResult: "ppl_vs_length", EffRemResult: "effective_remembrance", PasskeyResult: "passkey"}
+    with pytest.raises(UserError) as err:
+        result_type.from_json(data, name[result_type])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_nested_shape_errors_name_the_key(metric_results):
+    data = metric_results["passkey"].to_json()
+    data["accuracy"]["256"]["1.0"] = "all"
+    with pytest.raises(UserError, match=r"passkey\.accuracy\.256\.1\.0 must be a number; got 'all'"):
+        PasskeyResult.from_json(data, "passkey")
+
+
+# --- reports, plots and files -------------------------------------------------------------------------------------
+
+
+def full_result(metric_results, name: str, train_seq_len: int, ppl: dict[str, float]) -> dict:
+    """An eval result dict as ``evaluate_run`` returns it (the metric entries from the toy models)."""
+    result = {"name": name, "family": "mamba", "scheme": "zero", "train_seq_len": train_seq_len}
+    result.update({metric: r.to_json() for metric, r in metric_results.items()})
+    result["ppl_vs_length"] = ppl
+    return result
+
+
+def test_markdown_table_and_report(metric_results):
+    a = full_result(metric_results, "a", 16, {"16": 9.0, "32": 8.0, "64": 7.5})
+    b = full_result(metric_results, "b-previous", 32, {"16": 9.0, "64": 9.5})
+    assert markdown_table([a, b]).splitlines() == [
+        "| run | 16 | 32 | 64 | verdict |",
+        "|---|---:|---:|---:|---|",
+        "| a (mamba, zero) | 9.000 | 8.000 | 7.500 | strong |",
+        "| b-previous (mamba, zero) | 9.000 |  | 9.500 | n/a |",
+    ]
+    assert run_label({"run": "runs/x", "scheme": "previous"}) == "x (previous)"
+    report = markdown_report([a])
+    for heading in ("**Position-wise loss**", "**Effective Remembrance**", "**Passkey**", "**State norm**"):
+        assert report.count(heading) == 1, heading
+    assert "- a (mamba, zero) layers.0.count: 1 @1 / 16 @T / 64 @64" in report  # the counter's norm is its position
+    assert markdown_report([{"name": "c", "ppl_vs_length": {"8": 2.0}}]).count("\n") == 2  # the table alone
+
+
+def test_plots_write_the_figure_and_its_numbers(metric_results, tmp_path):
+    a = full_result(metric_results, "a", 16, {"16": 9.0, "32": 8.0, "64": 7.5})
+    b = full_result(metric_results, "b", 32, {"16": 9.0, "64": 9.5})
+    written = plot_all([a, b], tmp_path / "plots", heatmap=True)
+    assert [p.name for p in written] == [f"{m}.png" for m in metric_names()] + ["sweep_heatmap.png"]
+    for path in written:
+        assert path.read_bytes()[:4] == b"\x89PNG"
+    with open(tmp_path / "plots" / "ppl_vs_length.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows == [["run", "length", "ppl"]] + [[label, L, ppl] for label, L, ppl in (
+        ("a (mamba, zero)", "16", "9.0"), ("a (mamba, zero)", "32", "8.0"), ("a (mamba, zero)", "64", "7.5"),
+        ("b (mamba, zero)", "16", "9.0"), ("b (mamba, zero)", "64", "9.5"))]
+    heat = json.loads((tmp_path / "plots" / "sweep_heatmap.json").read_text())
+    assert heat["loss"][1] == [math.log(9.0), None, math.log(9.5)]
+    svg = plot_ppl_vs_length([a], tmp_path / "one.svg", title="t")
+    assert svg.read_text().lstrip().startswith("<?xml") and svg.with_suffix(".csv").is_file()
+
+
+def test_unwritable_plot_format_fails_before_writing_anything(metric_results, tmp_path):
+    a = full_result(metric_results, "a", 16, {"16": 9.0, "32": 8.0})
+    for name in ("p.txt", "p"):
+        with pytest.raises(UserError, match=r"cannot write a plot to .*\.png"):
+            plot_ppl_vs_length([a], tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
+    assert check_plot_path(tmp_path / "p.PDF").suffix == ".PDF"
+
+
+def test_write_outputs_and_compare(metric_results, tmp_path):
+    a = full_result(metric_results, "a", 16, {"16": 9.0, "32": 8.0, "64": 7.5})
+    b = full_result(metric_results, "b", 32, {"16": 9.0, "64": 9.5})
+    report = write_outputs(a, tmp_path / "a.json", tmp_path / "plots")
+    assert load_result(tmp_path / "a.json") == a and a["plots"][0].endswith("ppl_vs_length.png")
+    assert (tmp_path / "a.md").read_text() == report + "\n"
+    summary = compare([a, b], tmp_path / "cmp")
+    assert summary["report"] == markdown_report([a, b])
+    runs = json.loads((tmp_path / "cmp" / "compare.json").read_text())["runs"]
+    assert [(r["label"], r["length_extension"]["verdict"]) for r in runs] == [("a (mamba, zero)", "strong"),
+                                                                              ("b (mamba, zero)", "n/a")]
+    assert (tmp_path / "cmp" / "sweep_heatmap.png").is_file()
+
+
+def test_compare_into_an_existing_file_is_a_one_line_error(metric_results, tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("keep me")
+    with pytest.raises(UserError, match="is a file"):
+        compare([full_result(metric_results, "a", 16, {"16": 9.0})], target)
+    assert target.read_text() == "keep me" and list(tmp_path.iterdir()) == [target]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[1, 2]", "is not a longssm eval result (none of the keys"),
+    ('{"name": "x"}', "is not a longssm eval result (none of the keys"),
+    ('{"ppl_vs_length": [1, 2]}', "ppl_vs_length must be a mapping"),
+    ('{"ppl_vs_length": {"16": "x"}}', "ppl_vs_length.16 must be a number"),
+    ('{"ppl_vs_length": {"16": 2.0}, "passkey": {"lengths": [256]}}', "passkey has no 'depths'"),
+    ("{not json", "is not valid JSON"),
+])
+def test_load_result_rejects_files_that_are_not_results(tmp_path, content, message):
+    path = tmp_path / "r.json"
+    path.write_text(content)
+    with pytest.raises(UserError) as err:
+        load_result(path)
+    assert message in str(err.value) and str(path) in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UserError, match="no such result file"):
+        load_result(tmp_path / "missing.json")
+
+
+def test_importing_longssm_never_switches_the_matplotlib_backend(tmp_path):
+    result = {"name": "a", "ppl_vs_length": {"16": 3.0, "32": 2.0}}
+    code = ("import sys, matplotlib; import longssm.cli, longssm.evaluate.plots, longssm.evaluate.run; "
+            "from longssm.evaluate.plots import plot_ppl_vs_length; "
+            f"plot_ppl_vs_length([{result!r}], {str(tmp_path / 'p.png')!r}); "
+            "print(matplotlib.rcParams['backend'], 'matplotlib.pyplot' in sys.modules)")
+    env = dict(os.environ, MPLBACKEND="svg", OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.split() == ["svg", "False"]
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_passkey_settings_fail_before_any_computation():
+    tok = ByteTokenizer()
+    with pytest.raises(UserError, match="shorter than the prompt"):
+        check_passkey_settings(tok, [64, 512], 5, 9)
+    with pytest.raises(UserError, match="--passkey-digits >= 2"):
+        check_passkey_settings(tok, [512], 1, 9)  # 8 wrong one-digit keys < 9 distractors: would never finish
+    check_passkey_settings(tok, [512], 2, 9)

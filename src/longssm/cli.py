@@ -45,7 +45,6 @@ def evaluate(run: str, cfg: EvalConfig, json_out: str | None = None, plots: str 
     """
     from .evaluate.run import evaluate_run, write_outputs
 
-    _set_threads(cfg.threads)
     result = evaluate_run(run, cfg, progress=progress)
     print(write_outputs(result, json_out, plots))
     for f in ([json_out, str(Path(json_out).with_suffix(".md"))] if json_out else []) + result.get("plots", []):
@@ -60,9 +59,10 @@ def plot(results: list[str], out: str, title: str | None = None) -> None:
         out: Image file to write (.png, .pdf, .svg); the plotted numbers go beside it as .csv.
         title: Plot title.
     """
-    from .evaluate.plots import plot_ppl_vs_length
+    from .evaluate.plots import check_plot_path, plot_ppl_vs_length
     from .evaluate.run import load_result
 
+    check_plot_path(out)
     loaded = [load_result(r) for r in results]
     if not all(r.get("ppl_vs_length") for r in loaded):
         raise UserError("every result needs 'ppl_vs_length' for this plot; use `longssm compare` for the other metrics")
@@ -78,10 +78,10 @@ def compare(results: list[str], out: str, cfg: EvalConfig, progress: bool = True
         out: Output directory.
         progress: Show progress bars (--no-progress turns them off).
     """
+    from .evaluate.run import check_output_dir, evaluate_run, load_result
     from .evaluate.run import compare as compare_results
-    from .evaluate.run import evaluate_run, load_result
 
-    _set_threads(cfg.threads)
+    check_output_dir(out)
     loaded = [evaluate_run(r, cfg, progress=progress) if Path(r).is_dir() else load_result(r) for r in results]
     summary = compare_results(loaded, out)
     print(summary["report"])
@@ -109,6 +109,65 @@ def quickstart(out: str = "runs/quickstart", family: str = "mamba", steps: int |
     run_quickstart(out, family, steps, tokenizer, eval_tokens, max_length, overrides=overrides, progress=progress)
 
 
+def generate(run: str, prompt: str | None = None, prompt_file: str | None = None, max_new_tokens: int = 256,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+             device: str = "auto", chunk: int = 1024) -> None:
+    """Generate text from a run or checkpoint, streamed: the prompt through the chunked recurrence, then token by token.
+
+    Decoding runs from the carried state, so memory does not grow with the prompt or the output. The text goes to
+    stdout as it is produced (the continuation only, not the prompt).
+
+    Args:
+        run: Run directory or checkpoint directory.
+        prompt: The prompt text.
+        prompt_file: Read the prompt from this file instead.
+        max_new_tokens: Tokens to generate.
+        temperature: Sampling temperature; 0 = greedy.
+        top_k: Sample from the k most likely tokens only.
+        top_p: Sample from the smallest set of most likely tokens whose probability reaches p.
+        seed: Random seed: the same seed gives the same text.
+        device: auto, cpu, cuda or cuda:N.
+        chunk: Prompt tokens per forward call.
+    """
+    from .generate import Sampler, generate_from_run
+
+    if not run:
+        raise UserError("missing argument: run (a run or checkpoint directory)")
+    if (prompt is None) == (prompt_file is None):
+        raise UserError("give exactly one of --prompt TEXT and --prompt-file FILE")
+    text = prompt if prompt_file is None else Path(prompt_file).read_text(encoding="utf-8")
+    generate_from_run(run, text, max_new_tokens, Sampler(temperature, top_k, top_p), seed, device, chunk, sys.stdout)
+    print()
+
+
+def lm_eval(run: str, tasks: list[str], include_path: str | None = None, limit: float | None = None,
+            batch_size: int = 8, output: str | None = None, device: str = "auto", chunk: int = 1024) -> None:
+    """Run lm-evaluation-harness tasks on a run or checkpoint, every document in one stateful pass (no windows).
+
+    Prints the harness's table. Documents are scored whole, at any length, with the chunked recurrence; EOT (the
+    context of an empty context and of a document's first token) is the newline token.
+
+    Args:
+        run: Run directory or checkpoint directory.
+        tasks: Comma-separated task names (the harness's, or tasks in --include-path).
+        include_path: A folder of task YAMLs (e.g. local data: dataset_path json, data_files).
+        limit: Examples per task (a number < 1: a fraction of each task), for a quick look.
+        batch_size: Requests scored together.
+        output: Write the harness's results JSON here.
+        device: auto, cpu, cuda or cuda:N.
+        chunk: Tokens per forward call.
+    """
+    from .lm_eval_adapter import LongSSMLM, evaluate_tasks, results_table
+
+    if not run:
+        raise UserError("missing argument: run (a run or checkpoint directory)")
+    results = evaluate_tasks(LongSSMLM(run, device=device, batch_size=batch_size, chunk=chunk), tasks, include_path,
+                             limit, output)
+    print(results_table(results))
+    if output:
+        print(f"wrote {output}", file=sys.stderr)
+
+
 @dataclass(frozen=True)
 class Command:
     function: Callable[..., None]
@@ -126,14 +185,9 @@ COMMANDS: dict[str, Command] = {
     "plot": Command(plot, positional=(("results", "+"),)),
     "compare": Command(compare, EvalConfig, positional=(("results", "+"),), aliases=(("--no-cache", "--use_cache=false"),)),
     "quickstart": Command(quickstart),
+    "generate": Command(generate, positional=(("run", "?"),)),
+    "lm-eval": Command(lm_eval, positional=(("run", "?"),)),
 }
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 def _summary(function: Callable) -> str:

@@ -15,7 +15,8 @@ from typing import Any
 
 from .cli_parsing import parse_into
 from .config import DEFAULT_LENGTHS, EvalConfig, RunConfig
-from .evaluate.plots import markdown_table, plot_ppl_vs_length
+from .evaluate.plots import plot_ppl_vs_length
+from .evaluate.report import markdown_table
 from .evaluate.run import evaluate_run, write_outputs
 from .errors import UserError
 from .train import train

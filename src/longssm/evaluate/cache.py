@@ -12,7 +12,13 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from ..errors import UserError
+from .registry import MetricResult
+
+T = TypeVar("T")
+R = TypeVar("R", bound=MetricResult)
 
 
 def file_hash(path: str | Path) -> str:
@@ -25,7 +31,10 @@ def file_hash(path: str | Path) -> str:
 
 
 class EvalCache:
-    """``cache.get_or_compute(metric, L, settings, compute)``; ``directory=None`` disables caching."""
+    """``cache.get_or_compute(metric, L, settings, compute)``; ``directory=None`` disables caching.
+
+    ``hits`` and ``misses`` count the entries read and computed (with caching off, every entry is a miss).
+    """
 
     def __init__(self, directory: str | Path | None, model_hash: str, data_hash: str) -> None:
         self.directory = Path(directory) if directory is not None else None
@@ -40,22 +49,35 @@ class EvalCache:
         key = hashlib.sha256(blob.encode()).hexdigest()[:20]
         return self.directory / metric / f"L{length}-{key}.json"
 
-    def get_or_compute(self, metric: str, length: int, settings: dict[str, Any], compute: Callable[[], Any]) -> Any:
+    def contains(self, metric: str, length: int, settings: dict[str, Any]) -> bool:
+        """Whether an entry is stored (it may still turn out corrupt and be recomputed)."""
+        return self.directory is not None and self.path(metric, length, settings).is_file()
+
+    def get_or_compute(self, metric: str, length: int, settings: dict[str, Any], compute: Callable[[], Any],
+                       parse: Callable[[Any], T] = lambda value: value) -> T:
+        """The stored value of (metric, L, settings), else ``compute()`` (JSON-serialisable), stored.
+        Returns ``parse(value)``; a stored value that ``parse`` rejects with ``UserError`` counts as corrupt."""
         if self.directory is None:
             self.misses += 1
-            return compute()
+            return parse(compute())
         path = self.path(metric, length, settings)
         if path.is_file():
             try:
-                value = json.loads(path.read_text())["value"]
+                value = parse(json.loads(path.read_text())["value"])
                 self.hits += 1
                 return value
-            except (json.JSONDecodeError, KeyError, OSError):
+            except (json.JSONDecodeError, KeyError, OSError, UserError):
                 pass
         self.misses += 1
         value = compute()
         self.put(path, metric, length, settings, value)
-        return value
+        return parse(value)
+
+    def result(self, metric: str, length: int, settings: dict[str, Any], result_type: type[R],
+               compute: Callable[[], R]) -> R:
+        """``get_or_compute`` for a whole metric result, stored as its JSON form."""
+        return self.get_or_compute(metric, length, settings, lambda: compute().to_json(),
+                                   lambda value: result_type.from_json(value, f"cached {metric}"))
 
     def put(self, path: Path, metric: str, length: int, settings: dict[str, Any], value: Any) -> None:
         try:

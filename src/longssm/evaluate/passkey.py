@@ -20,23 +20,34 @@ the model must continue with " 71432". The prompt runs as one exact chunked recu
 
 Works with any tokenizer: pieces are tokenized separately and concatenated, so with the byte tokenizer the digits
 are single bytes. Cost: trials × depths × L tokens per length.
+
+Registers the metric ``passkey``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..errors import UserError
 from ..models.base import State, select_rows
+from .registry import MetricResult, register_metric
+
+if TYPE_CHECKING:
+    from .context import EvalContext
 
 PREFIX = "Find the pass key hidden in this text and remember it.\n"
 FILLER = ["The grass is green. ", "The sky is blue. ", "The sun is yellow. ", "Here we go. ", "There and back again. "]
 NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "
 QUESTION = "\nWhat is the pass key? The pass key is"
-DEFAULT_DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
+DISTRACTORS = 9
+"""K: random wrong keys the true key is ranked against (chance 1 / (K + 1))."""
+LONGEST_DEFAULT_LENGTH = 8192
+"""Passkey lengths default to the evaluation lengths up to this one."""
 
 
 @dataclass
@@ -148,10 +159,10 @@ def passkey_at_length(
     model,
     tokenizer,
     length: int,
-    depths: list[float] | None = None,
+    depths: list[float],
     trials: int = 4,
     digits: int = 5,
-    distractors: int = 9,
+    distractors: int = DISTRACTORS,
     seed: int = 0,
     chunk: int = 1024,
     tokens_per_forward: int = 4096,
@@ -159,7 +170,6 @@ def passkey_at_length(
     progress=None,
 ) -> dict:
     """Accuracy at one length L for every depth: ``{"accuracy": {depth: acc}, "ranked_accuracy": {...}, ...}``."""
-    depths = DEFAULT_DEPTHS if depths is None else depths
     rng = np.random.default_rng([seed, length])
     acc, ranked, examples = {}, {}, {}
     for depth in depths:
@@ -189,43 +199,75 @@ def passkey_at_length(
     return {"accuracy": acc, "ranked_accuracy": ranked, "examples": {str(d): e for d, e in examples.items()}}
 
 
-def passkey_grid(model, tokenizer, lengths: list[int], depths: list[float] | None = None, trials: int = 4,
-                 digits: int = 5, distractors: int = 9, seed: int = 0, chunk: int = 1024, tokens_per_forward: int = 4096,
-                 device="cpu", progress=None, cached=None) -> dict:
-    """The length × depth grid. ``cached(L, compute)`` (optional) wraps the per-length computation for caching."""
-    depths = DEFAULT_DEPTHS if depths is None else depths
-    if trials < 1 or digits < 1 or distractors < 1:
-        raise UserError("passkey trials, digits and distractors must be >= 1")
+@dataclass
+class PasskeyResult(MetricResult):
+    """Passkey accuracy over the length × depth grid. Per-length maps are keyed by ``str(L)``, then ``str(depth)``."""
+
+    lengths: list[int]
+    depths: list[float]
+    trials: int
+    """Random keys per (length, depth) cell."""
+    digits: int
+    distractors: int
+    """K, the random keys the true one is ranked against."""
+    chance: float
+    """Chance of ``accuracy``: 10^-digits."""
+    ranked_chance: float
+    """Chance of ``ranked_accuracy``: 1 / (K + 1)."""
+    accuracy: dict[str, dict[str, float]]
+    """Greedy exact match."""
+    ranked_accuracy: dict[str, dict[str, float]]
+    """The key's log-likelihood beats every distractor's."""
+    mean_accuracy: dict[str, float]
+    """``accuracy`` averaged over depths."""
+    mean_ranked_accuracy: dict[str, float]
+    examples: dict[str, dict[str, dict[str, str]]]
+    """One ``{"key", "greedy"}`` per length and depth, to read what the model answered."""
+
+
+def check_passkey_settings(tokenizer, lengths: list[int], digits: int, distractors: int) -> None:
+    """``UserError`` when a length is shorter than ``min_prompt_length`` or the keys of ``digits`` digits are too
+    few to draw ``distractors`` distinct wrong ones."""
+    wrong_keys = 9 * 10 ** (digits - 1) - 1
+    if distractors > wrong_keys:
+        raise UserError(f"passkeys of {digits} digit(s) leave {wrong_keys} wrong keys, fewer than the {distractors} "
+                        f"distractors; use --passkey-digits >= {digits + 1}")
     shortest = min_prompt_length(tokenizer, digits)
     too_short = [x for x in lengths if x < shortest]
     if too_short:
         raise UserError(f"passkey lengths {too_short} are shorter than the prompt's fixed part ({shortest} tokens "
                         f"with this tokenizer); use --passkey-lengths >= {shortest}")
+
+
+def passkey_grid(model, tokenizer, lengths: list[int], depths: list[float], trials: int = 4, digits: int = 5,
+                 distractors: int = DISTRACTORS, seed: int = 0, chunk: int = 1024, tokens_per_forward: int = 4096,
+                 device="cpu", progress=None,
+                 cached: Callable[[int, Callable[[], dict]], dict] | None = None) -> PasskeyResult:
+    """The length × depth grid. ``cached(L, compute)`` (optional) wraps the per-length computation for caching."""
+    check_passkey_settings(tokenizer, lengths, digits, distractors)
     per_length = {}
     for length in lengths:
-        def compute(length=length):
+        def compute(length: int = length) -> dict:
             return passkey_at_length(model, tokenizer, length, depths, trials, digits, distractors, seed, chunk,
                                      tokens_per_forward, device, progress)
         per_length[str(length)] = cached(length, compute) if cached else compute()
-    mean = {k: float(np.mean(list(v["accuracy"].values()))) for k, v in per_length.items()}
-    mean_ranked = {k: float(np.mean(list(v["ranked_accuracy"].values()))) for k, v in per_length.items()}
-    return {
-        "lengths": lengths,
-        "depths": depths,
-        "trials": trials,
-        "digits": digits,
-        "distractors": distractors,
-        "chance": 10.0 ** -digits,
-        "ranked_chance": 1 / (distractors + 1),
-        "accuracy": {k: v["accuracy"] for k, v in per_length.items()},
-        "ranked_accuracy": {k: v["ranked_accuracy"] for k, v in per_length.items()},
-        "mean_accuracy": mean,
-        "mean_ranked_accuracy": mean_ranked,
-        "examples": {k: v["examples"] for k, v in per_length.items()},
-    }
+    return PasskeyResult(
+        lengths=lengths,
+        depths=depths,
+        trials=trials,
+        digits=digits,
+        distractors=distractors,
+        chance=10.0 ** -digits,
+        ranked_chance=1 / (distractors + 1),
+        accuracy={k: v["accuracy"] for k, v in per_length.items()},
+        ranked_accuracy={k: v["ranked_accuracy"] for k, v in per_length.items()},
+        mean_accuracy={k: float(np.mean(list(v["accuracy"].values()))) for k, v in per_length.items()},
+        mean_ranked_accuracy={k: float(np.mean(list(v["ranked_accuracy"].values()))) for k, v in per_length.items()},
+        examples={k: v["examples"] for k, v in per_length.items()},
+    )
 
 
-def default_passkey_lengths(lengths: list[int], shortest: int, longest: int = 8192) -> list[int]:
+def default_passkey_lengths(lengths: list[int], shortest: int, longest: int = LONGEST_DEFAULT_LENGTH) -> list[int]:
     """The evaluation lengths in [shortest, longest]; if none, the shortest power of two ≥ shortest."""
     chosen = [x for x in lengths if shortest <= x <= longest]
     if chosen:
@@ -234,3 +276,31 @@ def default_passkey_lengths(lengths: list[int], shortest: int, longest: int = 81
     while p < shortest:
         p *= 2
     return [p]
+
+
+def passkey_lengths(ctx: EvalContext) -> list[int]:
+    """``EvalConfig.passkey_lengths``, else ``default_passkey_lengths`` of the evaluation lengths; checked."""
+    cfg = ctx.cfg
+    lengths = cfg.passkey_lengths or default_passkey_lengths(ctx.lengths, min_prompt_length(ctx.tokenizer,
+                                                                                               cfg.passkey_digits))
+    check_passkey_settings(ctx.tokenizer, lengths, cfg.passkey_digits, DISTRACTORS)
+    return lengths
+
+
+def passkey_settings(ctx: EvalContext) -> dict[str, Any]:
+    return {"passkey_lengths": passkey_lengths(ctx), "passkey_depths": ctx.cfg.passkey_depths,
+            "passkey_trials": ctx.cfg.passkey_trials}
+
+
+@register_metric("passkey", PasskeyResult, settings=passkey_settings)
+def compute_passkey(ctx: EvalContext) -> PasskeyResult:
+    """The passkey grid, each length cached on its own."""
+    cfg = ctx.cfg
+    lengths, depths = passkey_lengths(ctx), cfg.passkey_depths
+    key = {"depths": depths, "trials": cfg.passkey_trials, "digits": cfg.passkey_digits, "seed": cfg.seed,
+           "tokenizer": ctx.tokenizer.identity}
+    with ctx.bar(cfg.passkey_trials * len(depths) * sum(lengths), "passkey") as bar:
+        return passkey_grid(ctx.model, ctx.tokenizer, lengths, depths, cfg.passkey_trials, cfg.passkey_digits,
+                            seed=cfg.seed, chunk=cfg.chunk, tokens_per_forward=ctx.tokens_per_forward,
+                            device=ctx.device, progress=bar,
+                            cached=lambda L, compute: ctx.cache.get_or_compute("passkey", L, key, compute))

@@ -1,9 +1,9 @@
 """Perplexity vs evaluation length (LongSSM [1]) and position-wise loss, as an exact chunked recurrence.
 
 References
-    [1] Wang et al., "LongSSM: On the Length Extension of State-space Models in Language Modelling", 2024
-        (Sec. 4: perplexity at evaluation lengths 16·2^i; its code also reports a state carried across
-        evaluation sequences).
+    [1] Wang et al., "LongSSM: On the Length Extension of State-space Models in Language Modelling", 2024,
+        arXiv:2406.02080 (Sec. 4: perplexity at evaluation lengths 16·2^i; its code also reports a state carried
+        across evaluation sequences).
 
 Glossary
     N  evaluation targets, the same at every length: the largest multiple of max(L) that the data holds
@@ -24,12 +24,18 @@ does not change the zero-state result.
 
 Sequences run as rows of a batch, fed in chunks of at most ``chunk`` tokens with the state carried, and at most
 ``tokens_per_forward`` tokens (rows × chunk) per forward call: peak memory does not grow with L.
+
+Registered metrics: ``ppl_vs_length`` (Eq. 1 at every evaluation length) and ``position_ppl`` (Eq. 2 at one long
+length Lp, log-binned; computed by the pass it shares with ``state_stats``, see ``context.py``).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -38,27 +44,19 @@ from torch import Tensor
 
 from ..errors import UserError
 from ..models.base import State, concat_states, select_rows
+from .registry import MetricResult, check_json, register_metric
 
-DEFAULT_LENGTHS = [16 * 2**i for i in range(12)]  # 16 ... 32768
-EVAL_STATES = ("zero", "previous")
-ORDERS = ("consecutive", "shuffled")
+if TYPE_CHECKING:
+    from .context import EvalContext
+
+EvalState = Literal["zero", "previous"]
+Order = Literal["consecutive", "shuffled"]
 SEQUENCES_PER_STREAM = 16
 """Carried-state mode: consecutive evaluation sequences per stream (so R = ⌈n / 16⌉ streams start from zeros)."""
 
 OnSegment = Callable[[slice, int, State], None]
 """``on_segment(rows, t_end, state)``: called after every forward call with the rows it covered and the state
 after ``t_end`` tokens of those rows (state statistics hook)."""
-
-
-def parse_lengths(text: str, flag: str = "--lengths") -> list[int]:
-    """``"16,64,256"`` -> [16, 64, 256]; one-line errors for anything else."""
-    try:
-        lengths = [int(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"{flag} must be comma-separated positive integers such as 16,64,256; got {text!r}") from None
-    if not lengths or any(x < 1 for x in lengths):
-        raise UserError(f"{flag} must be comma-separated positive integers such as 16,64,256; got {text!r}")
-    return sorted(set(lengths))
 
 
 def eval_token_count(n_available: int, lengths: Iterable[int], max_tokens: int | None) -> int:
@@ -92,7 +90,7 @@ def _segments(length: int, chunk: int, cuts: Iterable[int] = ()) -> list[tuple[i
     """[(t0, t1), ...] covering [0, length): every multiple of ``chunk`` and every cut in (0, length) is a boundary."""
     edges = set(range(0, length, chunk)) | {c for c in cuts if 0 < c < length} | {length}
     edges = sorted(edges | {0})
-    return list(zip(edges[:-1], edges[1:]))
+    return list(itertools.pairwise(edges))
 
 
 def _nll(logits: Tensor, targets: Tensor) -> Tensor:
@@ -150,8 +148,8 @@ def length_curve(
     tokens: np.ndarray,
     length: int,
     n_targets: int,
-    eval_state: str = "zero",
-    order: str = "consecutive",
+    eval_state: EvalState = "zero",
+    order: Order = "consecutive",
     seed: int = 0,
     streams: int | None = None,
     chunk: int = 1024,
@@ -168,10 +166,6 @@ def length_curve(
     final state of the previous one in the stream. With the default, 1/16 of the sequences start from zeros at
     every L with n ≥ 16. ``on_segment`` sees zero-state runs only (rows are sequences).
     """
-    if eval_state not in EVAL_STATES:
-        raise UserError(f"eval state must be one of {', '.join(EVAL_STATES)}; got {eval_state!r}")
-    if order not in ORDERS:
-        raise UserError(f"order must be one of {', '.join(ORDERS)}; got {order!r}")
     seqs = make_sequences(tokens, length, n_targets)
     n = seqs.shape[0]
     if eval_state == "zero":
@@ -203,8 +197,8 @@ def ppl_vs_length(
     max_tokens: int | None = None,
     chunk: int = 1024,
     tokens_per_forward: int = 4096,
-    eval_state: str = "zero",
-    order: str = "consecutive",
+    eval_state: EvalState = "zero",
+    order: Order = "consecutive",
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = False,
@@ -214,7 +208,8 @@ def ppl_vs_length(
 
     n_targets = eval_token_count(len(tokens), lengths, max_tokens)
     result: dict[str, float] = {}
-    with tqdm(total=n_targets * len(lengths), desc="ppl vs length", unit="tok", disable=not progress, leave=False) as bar:
+    with tqdm(total=n_targets * len(lengths), desc="ppl vs length", unit="tok", disable=not progress,
+              leave=False) as bar:
         for length in lengths:
             curve = length_curve(model, tokens, length, n_targets, eval_state, order, seed, chunk=chunk,
                                  tokens_per_forward=tokens_per_forward, device=device, progress=bar)
@@ -223,27 +218,98 @@ def ppl_vs_length(
 
 
 def log_bins(length: int, per_octave: int = 1) -> list[tuple[int, int]]:
-    """Log-spaced bins of context size c = t + 1 ∈ [1, L]: [(lo, hi)] inclusive, lo = ⌈2^(j/per_octave)⌉, no empty bins."""
+    """Log-spaced bins of context size c = t + 1 ∈ [1, L]: [(lo, hi)] inclusive, lo = ⌈2^(j/per_octave)⌉, no empty
+    bins."""
     edges = sorted({math.ceil(2 ** (j / per_octave)) for j in range(int(per_octave * math.log2(max(length, 1))) + 2)})
     edges = [e for e in edges if e <= length] + [length + 1]
-    return [(lo, hi - 1) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
+    return [(lo, hi - 1) for lo, hi in itertools.pairwise(edges) if hi > lo]
 
 
-def position_summary(curve: np.ndarray, n_sequences: int, per_octave: int = 8) -> dict:
-    """Position-wise loss ``curve`` (L,) → JSON: octave bins (context 1, 2–3, 4–7, ...) and a finer log-binned curve."""
+@dataclass
+class PositionPplResult(MetricResult):
+    """Position-wise loss pos(Lp, t) of Eq. (2), log-binned by context size c = t + 1 (nats per token)."""
+
+    length: int
+    """Lp."""
+    n_sequences: int
+    """Sequences averaged, Np / Lp."""
+    ppl: float
+    """exp(mean_t pos(Lp, t)) = ppl(Lp) of Eq. (1)."""
+    bins: list[dict[str, float]]
+    """Octave bins of contexts lo..hi (1, 2–3, 4–7, ...): ``{"lo", "hi", "loss", "ppl"}``."""
+    curve: list[dict[str, float]]
+    """Eight bins per octave: ``{"context": √(lo·hi), "loss"}``."""
+
+
+def position_summary(curve: np.ndarray, n_sequences: int, per_octave: int = 8) -> PositionPplResult:
+    """Position-wise loss ``curve`` (L,) → octave bins (context 1, 2–3, 4–7, ...) and a finer log-binned curve."""
     length = len(curve)
 
-    def binned(per: int) -> list[dict]:
+    def binned(per: int) -> list[dict[str, float]]:
         out = []
         for lo, hi in log_bins(length, per):
             loss = float(curve[lo - 1 : hi].mean())
             out.append({"lo": lo, "hi": hi, "loss": loss, "ppl": math.exp(loss)})
         return out
 
-    return {
-        "length": length,
-        "n_sequences": n_sequences,
-        "ppl": math.exp(float(curve.mean())),
-        "bins": binned(1),
-        "curve": [{"context": round(math.sqrt(b["lo"] * b["hi"]), 2), "loss": b["loss"]} for b in binned(per_octave)],
-    }
+    return PositionPplResult(
+        length=length,
+        n_sequences=n_sequences,
+        ppl=math.exp(float(curve.mean())),
+        bins=binned(1),
+        curve=[{"context": round(math.sqrt(b["lo"] * b["hi"]), 2), "loss": b["loss"]} for b in binned(per_octave)],
+    )
+
+
+@dataclass
+class PplVsLengthResult(MetricResult):
+    """ppl(L) of Eq. (1) at every evaluation length; JSON ``{"16": ppl, "32": ppl, ...}``."""
+
+    ppl: dict[int, float]
+
+    def to_json(self) -> dict[str, float]:
+        return {str(length): value for length, value in sorted(self.ppl.items())}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> PplVsLengthResult:
+        check_json(data, dict[str, float], where)
+        bad = [key for key in data if not key.isdigit() or int(key) < 1]
+        if bad or not data:
+            raise UserError(f"{where} must map evaluation lengths to perplexities; got "
+                            f"{'the key ' + repr(bad[0]) if bad else 'nothing'}")
+        return cls({int(key): float(value) for key, value in data.items()})
+
+
+@register_metric("ppl_vs_length", PplVsLengthResult)
+def compute_ppl_vs_length(ctx: EvalContext) -> PplVsLengthResult:
+    """Eq. (1) at every evaluation length, each cached on its own under every setting that changes its value."""
+    cfg = ctx.cfg
+    carried = cfg.state == "previous"
+    key = {"n_targets": ctx.n_targets, "eval_state": cfg.state, "order": cfg.order if carried else None,
+           "seed": cfg.seed if carried and cfg.order == "shuffled" else None,
+           "per_stream": SEQUENCES_PER_STREAM if carried else None}
+    missing = [L for L in ctx.lengths if not ctx.cache.contains("ppl_vs_length", L, key)]
+    ppl: dict[int, float] = {}
+    with ctx.bar(ctx.n_targets * len(missing), "ppl vs length") as bar:
+        for L in ctx.lengths:
+            def compute(L: int = L) -> dict[str, float]:
+                if ctx.reuses_position_pass(L):
+                    curve = ctx.position_pass.mean_nll
+                    bar.update(ctx.n_targets)
+                else:
+                    curve = length_curve(ctx.model, ctx.tokens, L, ctx.n_targets, cfg.state, cfg.order, cfg.seed,
+                                         chunk=cfg.chunk, tokens_per_forward=ctx.tokens_per_forward, device=ctx.device,
+                                         progress=bar)
+                loss = float(curve.mean())
+                return {"ppl": math.exp(loss), "loss": loss}
+
+            ppl[L] = ctx.cache.get_or_compute("ppl_vs_length", L, key, compute)["ppl"]
+    return PplVsLengthResult(ppl)
+
+
+@register_metric("position_ppl", PositionPplResult, settings=lambda ctx: ctx.position_settings())
+def compute_position_ppl(ctx: EvalContext) -> PositionPplResult:
+    """Position-wise loss from the position pass shared with state_stats (cached per Lp and Np)."""
+    return ctx.cache.result("position_ppl", ctx.position_length, {"n_targets": ctx.position_targets},
+                            PositionPplResult,
+                            lambda: position_summary(ctx.position_pass.mean_nll, ctx.position_pass.n_sequences))

@@ -1,7 +1,11 @@
 """Plots a person reads: log2 x axis, the training length marked, one line per run (name, family, scheme).
 
-Every ``plot_*`` writes a PNG and the plotted numbers beside it (``.csv``; the heatmap also ``.json``) and
-returns the PNG path. Inputs are eval result dicts (``longssm eval --json`` files).
+Every ``plot_*`` takes eval result dicts (``longssm eval --json`` files), writes the figure (any format matplotlib
+writes, chosen by the file name: ``.png``, ``.pdf``, ``.svg``, ...) and the plotted numbers beside it (``.csv``; the
+heatmap also ``.json``), and returns the figure's path.
+
+Figures are built with matplotlib's object API (``Figure``, never pyplot): importing this module or plotting
+never changes the user's matplotlib backend.
 """
 
 from __future__ import annotations
@@ -9,318 +13,239 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from ..errors import UserError
+from .report import Result, length_extension_verdict, run_label, sweep_grid
 
-from .sweep import length_extension_verdict, sweep_grid  # noqa: E402
-
-Result = dict[str, Any]
-
-
-def run_label(result: Result) -> str:
-    """``"name (family, scheme)"``, leaving out parts the name already contains."""
-    name = result.get("name") or Path(str(result.get("run", "run"))).name
-    extra = ", ".join(str(x) for x in (result.get("family"), result.get("scheme")) if x and str(x) not in str(name))
-    return f"{name} ({extra})" if extra else str(name)
+DPI = 120
 
 
-def _train_lengths(results: list[Result]) -> list[int]:
+def check_plot_path(out: str | Path) -> Path:
+    """``out`` as a Path; ``UserError`` unless its extension is a format matplotlib writes (call it before any
+    computation whose result would be lost)."""
+    out = Path(out)
+    formats = Figure().canvas.get_supported_filetypes()
+    if out.suffix.lstrip(".").lower() not in formats:
+        raise UserError(f"cannot write a plot to {out}: the file name must end in one of "
+                        f"{', '.join('.' + f for f in sorted(formats))}")
+    return out
+
+
+def _runs_with(metric: str, results: list[Result], out: str | Path) -> tuple[list[Result], Path]:
+    """The results that hold ``metric``, and the checked figure path."""
+    return [r for r in results if r.get(metric)], check_plot_path(out)
+
+
+def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1) -> tuple[Figure, np.ndarray]:
+    """A figure (inches) and its axes as an (nrows, ncols) array."""
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def _train_lengths(results: Iterable[Result]) -> list[int]:
     return sorted({int(r["train_seq_len"]) for r in results if r.get("train_seq_len")})
 
 
-def _mark_train(ax, lengths: list[int]) -> None:
-    for T in lengths:
+def _log2_axes(ax: Axes, xlabel: str, ylabel: str, train_lengths: Iterable[int], legend: bool = True) -> None:
+    """The axes of every line plot: log2 x axis, labels, grid, a dashed line at each training length T, and a
+    legend when something is labelled."""
+    for T in train_lengths:
         ax.axvline(T, color="grey", linestyle="--", linewidth=1)
         ax.annotate(f"train T={T}", (T, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
                     textcoords="offset points", fontsize=8, color="grey")
-
-
-def _finish(fig, ax, out: Path, xlabel: str, ylabel: str, title: str, legend: bool = True) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    if legend and ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+    handles = ax.get_legend_handles_labels()[0]
+    if legend and handles:
+        ax.legend(fontsize=7, ncol=2 if len(handles) > 6 else 1)
+
+
+def _save(fig: Figure, out: Path, title: str, header: Sequence[str], rows: Iterable[Sequence]) -> Path:
+    """Title the figure, write it to ``out`` and the plotted numbers to ``out`` with suffix ``.csv``."""
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
-    plt.close(fig)
+    with open(out.with_suffix(".csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return out
 
 
-def _write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
+def _boundary_below(lengths: list[int], T: int) -> float:
+    """x of the boundary between the grid columns (``lengths``) shorter than training length T and the others."""
+    return sum(1 for x in lengths if x < T) - 0.5
+
+
+def _annotated_grid(fig: Figure, ax: Axes, grid: list[list[float]], columns: list[str], rows: list[str],
+                    cmap: str, origin: str, vmin: float | None = None, vmax: float | None = None) -> None:
+    """A heatmap (``origin``: where row 0 goes, "upper" or "lower") with its value written in every (non-NaN)
+    cell, tick labels and a colour bar."""
+    image = ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", origin=origin)
+    ax.set_xticks(range(len(columns)), columns, rotation=45, fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    for a, row in enumerate(grid):
+        for b, value in enumerate(row):
+            if not math.isnan(value):
+                ax.text(b, a, f"{value:.2f}", ha="center", va="center", fontsize=6, color="w")
+    fig.colorbar(image, ax=ax, fraction=0.046)
 
 
 def plot_ppl_vs_length(results: list[Result], out: str | Path, title: str | None = None) -> Path:
-    """Perplexity vs evaluation length, one line per result; writes PNG and CSV."""
-    out = Path(out)
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    rows = []
-    for res in results:
-        curve = res.get("ppl_vs_length")
-        if not curve:
-            continue
+    """Perplexity vs evaluation length, one line per result, labelled with its length-extension verdict."""
+    runs, out = _runs_with("ppl_vs_length", results, out)
+    fig, axes = _figure(7, 4.5)
+    ax, rows = axes[0, 0], []
+    for res in runs:
+        curve = res["ppl_vs_length"]
         xs = sorted(int(k) for k in curve)
         ys = [curve[str(x)] for x in xs]
         label = run_label(res)
         verdict = length_extension_verdict(curve, res.get("train_seq_len"))["verdict"]
         ax.plot(xs, ys, marker="o", markersize=3.5, label=f"{label}: {verdict}" if verdict != "n/a" else label)
         rows += [(label, x, y) for x, y in zip(xs, ys)]
-    _mark_train(ax, _train_lengths(results))
-    _finish(fig, ax, out, "evaluation length L (tokens)", "perplexity (per token)",
-            title or "Perplexity vs evaluation length (zero initial state per sequence)")
-    _write_csv(out.with_suffix(".csv"), ["run", "length", "ppl"], rows)
-    return out
+    _log2_axes(ax, "evaluation length L (tokens)", "perplexity (per token)", _train_lengths(results))
+    return _save(fig, out, title or "Perplexity vs evaluation length (zero initial state per sequence)",
+                 ["run", "length", "ppl"], rows)
 
 
 def plot_position_ppl(results: list[Result], out: str | Path, title: str | None = None) -> Path:
-    """Loss at each position (log-binned curve) of long sequences; CSV holds the curve and the octave bins."""
-    out = Path(out)
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    rows = []
-    for res in results:
-        pos = res.get("position_ppl")
-        if not pos:
-            continue
-        label = f"{run_label(res)}, L={pos['length']}"
-        xs = [c["context"] for c in pos["curve"]]
-        ys = [c["loss"] for c in pos["curve"]]
-        (line,) = ax.plot(xs, ys, linewidth=1.2, label=label)
+    """Loss at each position of long sequences: the fine log-binned curve (line) and the octave bins (dots)."""
+    runs, out = _runs_with("position_ppl", results, out)
+    fig, axes = _figure(7, 4.5)
+    ax, rows = axes[0, 0], []
+    for res in runs:
+        pos, label = res["position_ppl"], run_label(res)
+        xs, ys = [c["context"] for c in pos["curve"]], [c["loss"] for c in pos["curve"]]
+        (line,) = ax.plot(xs, ys, linewidth=1.2, label=f"{label}, L={pos['length']}")
         bx = [math.sqrt(b["lo"] * b["hi"]) for b in pos["bins"]]
         ax.plot(bx, [b["loss"] for b in pos["bins"]], "o", color=line.get_color(), markersize=3.5)
-        rows += [(run_label(res), "curve", c["context"], c["loss"]) for c in pos["curve"]]
-        rows += [(run_label(res), f"bin {b['lo']}-{b['hi']}", math.sqrt(b["lo"] * b["hi"]), b["loss"]) for b in pos["bins"]]
-    _mark_train(ax, _train_lengths(results))
-    _finish(fig, ax, out, "position in the sequence (tokens of context)", "loss (nats per token)",
-            title or "Position-wise loss (line: fine log bins, dots: octave bins)")
-    _write_csv(out.with_suffix(".csv"), ["run", "kind", "context", "loss"], rows)
-    return out
+        rows += [(label, "curve", x, y) for x, y in zip(xs, ys)]
+        rows += [(label, f"bin {b['lo']}-{b['hi']}", x, b["loss"]) for x, b in zip(bx, pos["bins"])]
+    _log2_axes(ax, "position in the sequence (tokens of context)", "loss (nats per token)", _train_lengths(results))
+    return _save(fig, out, title or "Position-wise loss (line: fine log bins, dots: octave bins)",
+                 ["run", "kind", "context", "loss"], rows)
 
 
 def plot_effective_remembrance(results: list[Result], out: str | Path, title: str | None = None) -> Path:
     """EffRem_T(t) against t (left; t = 0 drawn at 1/2) and against the kept context T − t (right), both log2;
     the right panel marks the training length."""
-    out = Path(out)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=120)
-    rows = []
-    for res in results:
-        er = res.get("effective_remembrance")
-        if not er:
-            continue
+    runs, out = _runs_with("effective_remembrance", results, out)
+    fig, axes = _figure(11, 4.5, 1, 2)
+    (by_start, by_kept), rows = axes[0], []
+    for res in runs:
+        er = res["effective_remembrance"]
         label = f"{run_label(res)}, T={er['T']}"
-        (line,) = axes[0].plot([t if t > 0 else 0.5 for t in er["t"]], er["effrem"], marker="o", markersize=3, label=label)
-        axes[1].plot([er["T"] - t for t in er["t"]], er["effrem"], marker="o", markersize=3, color=line.get_color(),
-                     label=label)
+        (line,) = by_start.plot([t if t > 0 else 0.5 for t in er["t"]], er["effrem"], marker="o", markersize=3,
+                                label=label)
+        by_kept.plot([er["T"] - t for t in er["t"]], er["effrem"], marker="o", markersize=3, color=line.get_color())
         rows += [(run_label(res), er["T"], t, v) for t, v in zip(er["t"], er["effrem"])]
-    _mark_train(axes[1], _train_lengths(results))
-    for ax, xlabel in ((axes[0], "t: tokens dropped from the start (t = 0 drawn at 0.5)"),
-                       (axes[1], "T − t: context kept")):
+    _log2_axes(by_start, "t: tokens dropped from the start (t = 0 drawn at 0.5)",
+               "EffRem_T(t) = TV(q(·|x[0:T]), q(·|x[t:T]))", ())
+    _log2_axes(by_kept, "T − t: context kept", "", _train_lengths(results))
+    for ax in (by_start, by_kept):
         ax.set_ylim(-0.02, 1.02)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel(xlabel)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("EffRem_T(t) = TV(q(·|x[0:T]), q(·|x[t:T]))")
-    if axes[0].get_legend_handles_labels()[0]:
-        axes[0].legend(fontsize=8)
-    fig.suptitle(title or "Effective Remembrance (0: the dropped tokens no longer matter)", fontsize=10)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    _write_csv(out.with_suffix(".csv"), ["run", "T", "t", "effrem"], rows)
-    return out
+    return _save(fig, out, title or "Effective Remembrance (0: the dropped tokens no longer matter)",
+                 ["run", "T", "t", "effrem"], rows)
 
 
 def plot_passkey(results: list[Result], out: str | Path, title: str | None = None) -> Path:
     """Length × depth accuracy grid per run: greedy exact match (left) and ranked vs distractors (right)."""
-    out = Path(out)
-    runs = [r for r in results if r.get("passkey")]
-    fig, axes = plt.subplots(max(1, len(runs)), 2, figsize=(10, 3.2 * max(1, len(runs))), dpi=120, squeeze=False)
+    runs, out = _runs_with("passkey", results, out)
+    fig, axes = _figure(10, 3.2 * max(1, len(runs)), max(1, len(runs)), 2)
     rows = []
-    for i, res in enumerate(runs):
-        pk = res["passkey"]
-        lengths = [str(x) for x in pk["lengths"]]
-        depths = [str(d) for d in pk["depths"]]
-        for j, (key, name, chance) in enumerate((("accuracy", "greedy exact match", pk["chance"]),
-                                                 ("ranked_accuracy", f"ranked vs {pk['distractors']} distractors",
-                                                  pk["ranked_chance"]))):
-            grid = [[pk[key][L][d] for L in lengths] for d in depths]
-            ax = axes[i][j]
-            im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
-            ax.set_xticks(range(len(lengths)), lengths, rotation=45, fontsize=7)
-            ax.set_yticks(range(len(depths)), depths, fontsize=7)
+    for res, ax_row in zip(runs, axes):
+        pk, label = res["passkey"], run_label(res)
+        lengths, depths = [str(x) for x in pk["lengths"]], [str(d) for d in pk["depths"]]
+        scores = (("accuracy", "greedy exact match", pk["chance"]),
+                  ("ranked_accuracy", f"ranked vs {pk['distractors']} distractors", pk["ranked_chance"]))
+        for ax, (score, name, chance) in zip(ax_row, scores):
+            grid = [[pk[score][L][d] for L in lengths] for d in depths]
+            _annotated_grid(fig, ax, grid, lengths, depths, "viridis", "lower", vmin=0, vmax=1)
             ax.set_xlabel("context length L (tokens, log2 spaced)")
             ax.set_ylabel("needle depth")
-            ax.set_title(f"{run_label(res)}\n{name} (chance {chance:.3g})", fontsize=8)
-            T = res.get("train_seq_len")
-            if T:
-                ints = [int(x) for x in lengths]
-                pos = sum(1 for x in ints if x < T) - 0.5
-                if -0.5 < pos < len(ints) - 0.5:
-                    ax.axvline(pos, color="white", linestyle="--", linewidth=1)
-            for a, d in enumerate(depths):
-                for b, L in enumerate(lengths):
-                    ax.text(b, a, f"{pk[key][L][d]:.2f}", ha="center", va="center", fontsize=6, color="w")
-                    rows.append((run_label(res), key, L, d, pk[key][L][d]))
-            fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.suptitle(title or "Passkey retrieval", fontsize=10)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    _write_csv(out.with_suffix(".csv"), ["run", "score", "length", "depth", "accuracy"], rows)
-    return out
+            ax.set_title(f"{label}\n{name} (chance {chance:.3g})", fontsize=8)
+            if res.get("train_seq_len"):  # a line between the lengths < T and the others
+                boundary = _boundary_below(pk["lengths"], int(res["train_seq_len"]))
+                if -0.5 < boundary < len(lengths) - 0.5:
+                    ax.axvline(boundary, color="white", linestyle="--", linewidth=1)
+            rows += [(label, score, L, d, pk[score][L][d]) for d in depths for L in lengths]
+    return _save(fig, out, title or "Passkey retrieval", ["run", "score", "length", "depth", "accuracy"], rows)
 
 
 def plot_state_stats(results: list[Result], out: str | Path, title: str | None = None) -> Path:
     """Per state tensor: mean ‖h‖ (solid) and max |h| (dotted) vs position, one panel per run, log-log."""
-    out = Path(out)
-    runs = [r for r in results if r.get("state_stats")]
-    fig, axes = plt.subplots(1, max(1, len(runs)), figsize=(6.5 * max(1, len(runs)), 4.5), dpi=120, squeeze=False)
+    runs, out = _runs_with("state_stats", results, out)
+    fig, axes = _figure(6.5 * max(1, len(runs)), 4.5, 1, max(1, len(runs)))
     rows = []
-    for i, res in enumerate(runs):
-        st = res["state_stats"]
-        ax = axes[0][i]
+    for res, ax in zip(runs, axes[0]):
+        st, label = res["state_stats"], run_label(res)
         xs = st["positions"]
         for key, v in st["keys"].items():
             (line,) = ax.plot(xs, v["norm"], label=f"{key} mean ‖h‖")
             ax.plot(xs, v["max_abs"], linestyle=":", color=line.get_color(), label=f"{key} max |h|")
-            rows += [(run_label(res), key, x, a, b, c) for x, a, b, c in zip(xs, v["norm"], v["mean_abs"], v["max_abs"])]
+            rows += [(label, key, x, a, b, c) for x, a, b, c in zip(xs, v["norm"], v["mean_abs"], v["max_abs"])]
         ax.set_yscale("log")
-        _mark_train(ax, _train_lengths([res]))
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("position (tokens consumed)")
-        ax.set_ylabel("state magnitude")
-        ax.set_title(f"{run_label(res)}", fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=6, ncol=2)
-    fig.suptitle(title or "Recurrent state by position (zero initial state)", fontsize=10)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    _write_csv(out.with_suffix(".csv"), ["run", "key", "position", "norm", "mean_abs", "max_abs"], rows)
-    return out
+        ax.set_title(label, fontsize=9)
+        _log2_axes(ax, "position (tokens consumed)", "state magnitude", _train_lengths([res]))
+    return _save(fig, out, title or "Recurrent state by position (zero initial state)",
+                 ["run", "key", "position", "norm", "mean_abs", "max_abs"], rows)
 
 
 def plot_sweep_heatmap(results: list[Result], out: str | Path, title: str | None = None) -> Path:
-    """Loss over (run sorted by training T × eval L), LongSSM Fig. 9; the verdict is written beside each row."""
-    out = Path(out)
+    """Loss over (run sorted by training T × eval L), LongSSM Fig. 9; the verdict is written beside each row and
+    the training length outlined in red. Also writes the grid as ``.json``."""
+    out = check_plot_path(out)
     data = sweep_grid(results)
+    lengths = data["lengths"]
     grid = [[math.nan if v is None else v for v in row] for row in data["loss"]]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(data["lengths"]) + 3, 1.2 + 0.45 * len(grid)), dpi=120)
-    im = ax.imshow(grid, cmap="viridis_r", aspect="auto")
-    ax.set_xticks(range(len(data["lengths"])), [str(x) for x in data["lengths"]], rotation=45, fontsize=7)
-    ax.set_yticks(range(len(grid)), [f"{r['label']}, T={r['train_seq_len']}: {r['verdict']}" for r in data["rows"]],
-                  fontsize=7)
-    for a, row in enumerate(grid):
-        for b, v in enumerate(row):
-            if not math.isnan(v):
-                ax.text(b, a, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w")
-        T = data["rows"][a]["train_seq_len"]
-        if T and int(T) in data["lengths"]:  # outline the cell L = T
-            b = data["lengths"].index(int(T))
-            ax.add_patch(plt.Rectangle((b - 0.5, a - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    fig, axes = _figure(4.0 + 0.6 * len(lengths), 1.2 + 0.45 * len(grid))
+    ax = axes[0, 0]
+    _annotated_grid(fig, ax, grid, [str(x) for x in lengths],
+                    [f"{r['label']}, T={r['train_seq_len']}: {r['verdict']}" for r in data["rows"]], "viridis_r",
+                    "upper")
+    for a, row in enumerate(data["rows"]):
+        T = int(row["train_seq_len"] or 0)
+        if T in lengths:  # outline the cell L = T
+            ax.add_patch(Rectangle((lengths.index(T) - 0.5, a - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
         elif T:  # T between two evaluation lengths: a bar between them
-            pos = sum(1 for x in data["lengths"] if x < int(T)) - 0.5
-            ax.plot([pos, pos], [a - 0.5, a + 0.5], color="red", linewidth=2)
+            boundary = _boundary_below(lengths, T)
+            ax.plot([boundary, boundary], [a - 0.5, a + 0.5], color="red", linewidth=2)
     ax.set_xlabel("evaluation length L (tokens, log2 spaced); red: training T")
-    ax.set_title(title or "Loss (nats/token) over training T × evaluation L", fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    out.with_suffix(".json").write_text(json.dumps(data, indent=1))
-    _write_csv(out.with_suffix(".csv"), ["run", "train_seq_len", "verdict", "length", "loss"],
-               [(r["label"], r["train_seq_len"], r["verdict"], x, v) for r, row in zip(data["rows"], data["loss"])
-                for x, v in zip(data["lengths"], row)])
-    return out
+    path = _save(fig, out, title or "Loss (nats/token) over training T × evaluation L",
+                 ["run", "train_seq_len", "verdict", "length", "loss"],
+                 [(r["label"], r["train_seq_len"], r["verdict"], x, v) for r, row in zip(data["rows"], data["loss"])
+                  for x, v in zip(lengths, row)])
+    path.with_suffix(".json").write_text(json.dumps(data, indent=1))
+    return path
 
 
 PLOTTERS = {
-    "ppl_vs_length": ("ppl_vs_length.png", plot_ppl_vs_length),
-    "position_ppl": ("position_ppl.png", plot_position_ppl),
-    "effective_remembrance": ("effective_remembrance.png", plot_effective_remembrance),
-    "passkey": ("passkey.png", plot_passkey),
-    "state_stats": ("state_stats.png", plot_state_stats),
+    "ppl_vs_length": plot_ppl_vs_length,
+    "position_ppl": plot_position_ppl,
+    "effective_remembrance": plot_effective_remembrance,
+    "passkey": plot_passkey,
+    "state_stats": plot_state_stats,
 }
+"""Metric -> its plot, written as ``<metric>.png``."""
 
 
-def plot_all(results: list[Result], out_dir: str | Path, heatmap: bool | None = None) -> list[Path]:
-    """Every plot the results have data for, into ``out_dir``; the sweep heatmap when ``heatmap`` (default:
-    when the runs have ≥ 2 training lengths or ≥ 2 runs)."""
+def plot_all(results: list[Result], out_dir: str | Path, heatmap: bool) -> list[Path]:
+    """Every plot the results have data for, into ``out_dir``, and the sweep heatmap when ``heatmap``."""
     out_dir = Path(out_dir)
-    written = []
-    for metric, (name, fn) in PLOTTERS.items():
-        if any(r.get(metric) for r in results):
-            written.append(fn(results, out_dir / name))
-    if heatmap is None:
-        heatmap = len(results) >= 2
+    written = [plot(results, out_dir / f"{metric}.png") for metric, plot in PLOTTERS.items()
+               if any(r.get(metric) for r in results)]
     with_ppl = [r for r in results if r.get("ppl_vs_length")]
     if heatmap and with_ppl:
         written.append(plot_sweep_heatmap(with_ppl, out_dir / "sweep_heatmap.png"))
     return written
-
-
-def markdown_table(results: list[Result]) -> str:
-    """Rows = runs, columns = evaluation lengths, last column the length-extension verdict."""
-    results = [r for r in results if r.get("ppl_vs_length")]
-    lengths = sorted({int(k) for r in results for k in r["ppl_vs_length"]})
-    head = "| run | " + " | ".join(str(x) for x in lengths) + " | verdict |"
-    sep = "|---|" + "---:|" * len(lengths) + "---|"
-    lines = [head, sep]
-    for r in results:
-        cells = [f"{r['ppl_vs_length'][str(x)]:.3f}" if str(x) in r["ppl_vs_length"] else "" for x in lengths]
-        verdict = length_extension_verdict(r["ppl_vs_length"], r.get("train_seq_len"))["verdict"]
-        lines.append(f"| {run_label(r)} | " + " | ".join(cells) + f" | {verdict} |")
-    return "\n".join(lines)
-
-
-def markdown_report(results: list[Result]) -> str:
-    """``markdown_table`` plus one short section per further metric present."""
-    parts = [markdown_table(results)] if any(r.get("ppl_vs_length") for r in results) else []
-    if any(r.get("position_ppl") for r in results):
-        parts.append("\n**Position-wise loss** (octave bins of context size; nats/token)\n")
-        for r in results:
-            p = r.get("position_ppl")
-            if p:
-                cells = ", ".join(f"{b['lo']}–{b['hi']}: {b['loss']:.3f}" for b in p["bins"])
-                parts.append(f"- {run_label(r)} (L={p['length']}, {p['n_sequences']} seqs): {cells}")
-    if any(r.get("effective_remembrance") for r in results):
-        parts.append("\n**Effective Remembrance** EffRem_T(t)\n")
-        for r in results:
-            e = r.get("effective_remembrance")
-            if e:
-                cells = ", ".join(f"t={t}: {v:.3f}" for t, v in zip(e["t"], e["effrem"]))
-                parts.append(f"- {run_label(r)} (T={e['T']}, {e['n_sequences']} seqs): {cells}")
-    if any(r.get("passkey") for r in results):
-        parts.append("\n**Passkey** mean accuracy over depths (greedy / ranked)\n")
-        for r in results:
-            pk = r.get("passkey")
-            if pk:
-                cells = ", ".join(f"L={L}: {pk['mean_accuracy'][L]:.2f} / {pk['mean_ranked_accuracy'][L]:.2f}"
-                                  for L in pk["mean_accuracy"])
-                parts.append(f"- {run_label(r)}: {cells} (chance {pk['chance']:.0e} / {pk['ranked_chance']:.2f})")
-    if any(r.get("state_stats") for r in results):
-        parts.append("\n**State norm** mean ‖h‖ at the first / training / last position\n")
-        for r in results:
-            st = r.get("state_stats")
-            if st:
-                pos = st["positions"]
-                T = r.get("train_seq_len")
-                j = pos.index(T) if T in pos else None
-                for key, v in st["keys"].items():
-                    mid = f" / {v['norm'][j]:.3g} @T" if j is not None else ""
-                    parts.append(f"- {run_label(r)} {key}: {v['norm'][0]:.3g} @1{mid} / {v['norm'][-1]:.3g} @{pos[-1]}")
-    return "\n".join(parts)

@@ -2,7 +2,7 @@
 
 References
     [1] Buitrago Ruiz & Gu, "Understanding and Improving Length Generalization in Recurrent Models", 2025,
-        Sec. 3 (Effective Remembrance).
+        arXiv:2507.02782, Sec. 3 (Effective Remembrance).
 
 Glossary
     T  context length (one evaluation sequence x[0:T])      t  start of the truncated context, 0 ≤ t < T
@@ -11,9 +11,9 @@ Glossary
 
     EffRem_T(t) = TV( q(·|x[0:T]), q(·|x[t:T]) ),    TV(q, q') = ½ Σ_v |q(v) − q'(v)|         (1)
 
-averaged over sequences, for t on a grid log-spaced from both ends: 0, 1, 2, 4, ..., and T − 1, T − 2, T − 4, ... EffRem_T(0) = 0; a model that has
-forgotten everything before t gives EffRem_T(t') = 0 for all t' ≤ t; a model with no memory at all gives 0
-everywhere (the last token is always in the context).
+averaged over sequences, for t on a grid log-spaced from both ends: 0, 1, 2, 4, ..., and T − 1, T − 2, T − 4, ...
+EffRem_T(0) = 0; a model that has forgotten everything before t gives EffRem_T(t') = 0 for all t' ≤ t; a model
+with no memory at all gives 0 everywhere (the last token is always in the context).
 
 Cost. One forward of T − t tokens per grid point per sequence: Σ_t (T − t) ≈ T · (log2(T) + 2) tokens per
 sequence (T = 4096: ≈ 57k tokens; T = 32768: ≈ 524k tokens), i.e. ~log2 T times the cost of one perplexity
@@ -23,18 +23,30 @@ Batching. The grid points of g sequences are rows of one batch (row j·g + s = s
 All rows walk the same time axis in segments whose boundaries include every t_j; the rows of t_j join the
 batch, from a zero state, when the walk reaches t_j, so every row is an exact chunked recurrence over x[t_j:T]
 and no token before t_j is ever fed to it. Rows × segment length ≤ ``tokens_per_forward`` bounds memory.
+
+Registers the metric ``effective_remembrance``.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..errors import UserError
-from ..models.base import State, concat_states, select_rows
+from ..models.base import State, concat_states
+from .registry import MetricResult, register_metric
+
+if TYPE_CHECKING:
+    from .context import EvalContext
+
+DEFAULT_EFFREM_LENGTH = 2048
+"""T when ``EvalConfig.effrem_length`` is not set: min(longest evaluation length, 2048)."""
 
 
 def effrem_grid(T: int) -> list[int]:
@@ -71,7 +83,7 @@ def last_logits_truncated(
     state: State | None = None
     joined = 0  # grid points whose rows are in the batch: rows [0, joined·g)
     last = None
-    for t0, t1 in zip(edges[:-1], edges[1:]):
+    for t0, t1 in itertools.pairwise(edges):
         while joined < m and ts[joined] <= t0:
             fresh = model.initial_state(g, device=device)
             state = fresh if state is None else concat_states([state, fresh])
@@ -91,6 +103,30 @@ def last_logits_truncated(
     return last.view(m, g, -1).cpu()
 
 
+@dataclass
+class EffRemResult(MetricResult):
+    """EffRem_T(t) of Eq. (1) on the grid t, averaged over sequences."""
+
+    T: int
+    n_sequences: int
+    t: list[int]
+    """Grid points, 0 first."""
+    effrem: list[float]
+    """Mean over sequences of EffRem_T(t), one per grid point."""
+    per_sequence_std: list[float]
+    """Standard deviation over sequences, one per grid point."""
+    tokens_fed: int
+    """Tokens run through the model: n · Σ_t (T − t)."""
+
+
+def effrem_sequence_count(n_tokens: int, T: int, wanted: int) -> int:
+    """Windows of T tokens used: min(wanted, n_tokens // T); ``UserError`` when the data holds none."""
+    if n_tokens < T:
+        raise UserError(f"effective remembrance length {T} is longer than the data ({n_tokens} tokens); "
+                        f"use a shorter --effrem-length")
+    return min(wanted, n_tokens // T)
+
+
 def effective_remembrance(
     model: torch.nn.Module,
     tokens: np.ndarray,
@@ -101,21 +137,12 @@ def effective_remembrance(
     tokens_per_forward: int = 4096,
     device: torch.device | str = "cpu",
     progress=None,
-) -> dict:
-    """EffRem_T(t) of Eq. (1), averaged over the first ``n_sequences`` non-overlapping windows x[i·T : (i+1)·T].
-
-    Returns ``{"T", "n_sequences", "t": [...], "effrem": [...], "per_sequence_std": [...], "tokens_fed"}``.
-    """
-    if T < 1:
-        raise UserError(f"effective remembrance length must be >= 1; got {T}")
-    available = len(tokens) // T
-    if available < 1:
-        raise UserError(f"effective remembrance length {T} is longer than the data ({len(tokens)} tokens); "
-                        f"use a shorter --effrem-length")
-    n = min(n_sequences, available)
+) -> EffRemResult:
+    """EffRem_T(t) of Eq. (1), averaged over the first ``n_sequences`` non-overlapping windows x[i·T : (i+1)·T]."""
+    n = effrem_sequence_count(len(tokens), T, n_sequences)
     ts = sorted(set(ts)) if ts is not None else effrem_grid(T)
     if ts[0] != 0 or ts[-1] >= T:
-        raise UserError(f"effective remembrance grid must start at 0 and stay below T={T}; got {ts}")
+        raise ValueError(f"effective remembrance grid must start at 0 and stay below T={T}; got {ts}")
     windows = torch.from_numpy(np.asarray(tokens[: n * T]).astype(np.int64).reshape(n, T))
     m = len(ts)
     g = max(1, min(n, tokens_per_forward // (m * min(chunk, T))))
@@ -124,16 +151,32 @@ def effective_remembrance(
         last = last_logits_truncated(model, windows[s0 : s0 + g], ts, chunk, tokens_per_forward, device, progress)
         tv.append(tv_distance(last[0:1], last))  # (m, g): against the full context, t = 0
     tv_all = torch.cat(tv, dim=1)  # (m, n)
-    return {
-        "T": T,
-        "n_sequences": n,
-        "t": ts,
-        "effrem": tv_all.mean(1).tolist(),
-        "per_sequence_std": tv_all.std(1, unbiased=False).tolist(),
-        "tokens_fed": n * sum(T - t for t in ts),
-    }
+    return EffRemResult(T=T, n_sequences=n, t=ts, effrem=tv_all.mean(1).tolist(),
+                        per_sequence_std=tv_all.std(1, unbiased=False).tolist(), tokens_fed=n * sum(T - t for t in ts))
 
 
 def effrem_cost(T: int, n_sequences: int) -> int:
     """Tokens fed by ``effective_remembrance``: n · Σ_t (T − t) over the default grid."""
     return n_sequences * sum(T - t for t in effrem_grid(T))
+
+
+def effrem_length(ctx: EvalContext) -> int:
+    """T: ``EvalConfig.effrem_length``, else min(longest evaluation length, ``DEFAULT_EFFREM_LENGTH``)."""
+    return ctx.cfg.effrem_length or min(max(ctx.lengths), DEFAULT_EFFREM_LENGTH)
+
+
+def effrem_settings(ctx: EvalContext) -> dict[str, Any]:
+    T = effrem_length(ctx)
+    return {"effrem_length": T, "effrem_sequences": effrem_sequence_count(len(ctx.tokens), T, ctx.cfg.effrem_sequences)}
+
+
+@register_metric("effective_remembrance", EffRemResult, settings=effrem_settings)
+def compute_effective_remembrance(ctx: EvalContext) -> EffRemResult:
+    """EffRem_T(t) on the default grid (cached per T, sequences and grid)."""
+    T, wanted = effrem_length(ctx), ctx.cfg.effrem_sequences
+    n = effrem_sequence_count(len(ctx.tokens), T, wanted)
+    with ctx.bar(effrem_cost(T, n), f"effective remembrance T={T}") as bar:
+        return ctx.cache.result(
+            "effective_remembrance", T, {"n_sequences": wanted, "grid": effrem_grid(T)}, EffRemResult,
+            lambda: effective_remembrance(ctx.model, ctx.tokens, T, wanted, chunk=ctx.cfg.chunk,
+                                          tokens_per_forward=ctx.tokens_per_forward, device=ctx.device, progress=bar))

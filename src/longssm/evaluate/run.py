@@ -1,8 +1,13 @@
-"""``longssm eval`` / ``longssm compare``: load a run, tokenize the data with the run's tokenizer, compute the
-requested metrics (each cached per checkpoint hash, data hash, metric and length), write JSON / markdown / plots.
+"""``longssm eval`` / ``longssm compare``.
 
-Result JSON: one top-level key per metric, named as in ``--metrics``, plus "name", "family", "scheme",
-"train_seq_len", "run", "checkpoint", "data", "settings", "length_extension" (when ppl_vs_length is present):
+``evaluate_run`` loads a run, tokenizes the data with the run's tokenizer, checks what needs the data, then runs
+every metric of ``EvalConfig.metrics`` (registered in ``registry.py``) on one shared ``EvalContext``; each metric
+caches its numbers per checkpoint hash, data hash, metric, length and settings (``cache.py``). ``write_outputs``,
+``load_result`` and ``compare`` write and read the results (JSON, markdown from ``report.py``, ``plots.py``).
+
+Result JSON: one top-level key per metric, named as in ``--metrics``, plus "run", "name", "checkpoint", "family",
+"scheme", "train_seq_len", "data", "data_digest", "model_hash", "metrics", "settings", "cache", "seconds", and
+"length_extension" (the verdict of ``report.py``) when ppl_vs_length is present:
 
     ppl_vs_length          {"16": ppl, "32": ppl, ...}
     position_ppl           {"length", "n_sequences", "ppl", "bins": [{"lo", "hi", "loss", "ppl"}], "curve": [...]}
@@ -14,7 +19,6 @@ Result JSON: one top-level key per metric, named as in ``--metrics``, plus "name
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -22,36 +26,17 @@ from typing import Any
 import torch
 
 from ..checkpoint import is_complete, load_model
+from ..config import DEFAULT_LENGTHS, EvalConfig
 from ..data.corpus import load_corpus
 from ..data.tokenizer import load_tokenizer
 from ..errors import UserError
 from ..train import resolve_device
 from .cache import EvalCache, file_hash
-from .passkey import DEFAULT_DEPTHS, default_passkey_lengths, min_prompt_length, passkey_grid
-from .perplexity import (DEFAULT_LENGTHS, EVAL_STATES, ORDERS, default_tokens_per_forward, eval_token_count,
-                         SEQUENCES_PER_STREAM,
-                         length_curve, make_sequences, position_summary, sequence_losses)
-from .plots import markdown_report, plot_all
-from .remembrance import effective_remembrance, effrem_grid
-from .state_stats import StateStats
-from .sweep import length_extension_verdict
-
-METRICS = ("ppl_vs_length", "position_ppl", "effective_remembrance", "passkey", "state_stats")
-DEFAULT_METRICS = ("ppl_vs_length",)
-DEFAULT_EFFREM_LENGTH = 2048
-
-
-def parse_metrics(text: str | list[str] | tuple[str, ...] | None) -> list[str]:
-    """``"ppl_vs_length,passkey"`` (or ``all``) -> the metric names, in the canonical order."""
-    if text is None:
-        return list(DEFAULT_METRICS)
-    names = [x.strip() for x in (text.split(",") if isinstance(text, str) else text) if x.strip()]
-    if names == ["all"]:
-        return list(METRICS)
-    unknown = [x for x in names if x not in METRICS]
-    if unknown or not names:
-        raise UserError(f"--metrics must be a comma-separated subset of {','.join(METRICS)} (or 'all'); got {text!r}")
-    return [m for m in METRICS if m in names]
+from .context import EvalContext
+from .perplexity import default_tokens_per_forward, eval_token_count
+from .plots import plot_all
+from .registry import get_metric, metric_names
+from .report import Result, length_extension_verdict, markdown_report, run_label
 
 
 def default_cache_dir(run: str | Path) -> Path:
@@ -60,171 +45,65 @@ def default_cache_dir(run: str | Path) -> Path:
     return (path.parent if is_complete(path) else path) / "eval_cache"
 
 
-def evaluate_run(
-    run: str | Path,
-    data: str | None = None,
-    lengths: list[int] | None = None,
-    max_tokens: int | None = None,
-    chunk: int = 1024,
-    tokens_per_forward: int | None = None,
-    device: str = "auto",
-    progress: bool = True,
-    metrics: str | list[str] | None = None,
-    eval_state: str = "zero",
-    order: str = "consecutive",
-    seed: int = 0,
-    cache_dir: str | Path | None = None,
-    use_cache: bool = True,
-    position_length: int | None = None,
-    effrem_length: int | None = None,
-    effrem_sequences: int = 8,
-    passkey_lengths: list[int] | None = None,
-    passkey_depths: list[float] | None = None,
-    passkey_trials: int = 4,
-    passkey_digits: int = 5,
-) -> dict[str, Any]:
-    """Evaluate the run (or checkpoint) ``run`` on ``data`` (default: its validation file). See the module docstring.
+def default_lengths(n_tokens: int, max_tokens: int | None) -> list[int]:
+    """``DEFAULT_LENGTHS`` up to the targets the data (and ``max_tokens``) holds, else that number of targets."""
+    budget = n_tokens - 1 if max_tokens is None else min(n_tokens - 1, max_tokens)
+    return [x for x in DEFAULT_LENGTHS if x <= budget] or [budget]
 
-    ``lengths`` default: 16, 32, ..., 32768, cut to what the data (and ``max_tokens``) holds; explicit lengths
-    longer than the data are an error. ``tokens_per_forward`` default: from the vocabulary size.
+
+def evaluate_run(run: str | Path, cfg: EvalConfig, progress: bool = True) -> Result:
+    """Evaluate the run (or checkpoint) ``run`` as ``cfg`` says; returns the result JSON of the module docstring.
+
+    ``UserError`` (before any metric runs) for what ``EvalConfig`` cannot check alone: a tokenizer that does not
+    match the checkpoint, lengths longer than the data, passkey prompts that do not fit, ...
     """
-    from tqdm.auto import tqdm
-
-    metrics = parse_metrics(metrics)
-    if eval_state not in EVAL_STATES:
-        raise UserError(f"--state must be one of {', '.join(EVAL_STATES)}; got {eval_state!r}")
-    if order not in ORDERS:
-        raise UserError(f"--order must be one of {', '.join(ORDERS)}; got {order!r}")
-    if chunk < 1:
-        raise UserError(f"--chunk must be >= 1; got {chunk}")
-    dev = resolve_device(device)
-    model, cfg, ckpt = load_model(run, device=dev)
-    tokenizer = load_tokenizer(cfg.data.tokenizer)
-    if tokenizer.vocab_size > cfg.model.vocab_size:
-        raise UserError(f"checkpoint {ckpt} has a vocabulary of {cfg.model.vocab_size} but its tokenizer "
-                        f"{cfg.data.tokenizer!r} has {tokenizer.vocab_size} tokens: they do not match")
-    corpus = load_corpus(data or cfg.data.valid, tokenizer, cfg.data.cache_dir, progress=progress)
-    tokens = corpus.tokens
-    if len(tokens) < 2:
-        raise UserError(f"data file {corpus.source} holds {len(tokens)} token(s): nothing to evaluate")
-    budget = len(tokens) - 1 if max_tokens is None else min(len(tokens) - 1, max_tokens)
-    if lengths is None:
-        lengths = [x for x in DEFAULT_LENGTHS if x <= budget] or [budget]
-    tpf = tokens_per_forward or default_tokens_per_forward(cfg.model.vocab_size)
-    n_targets = eval_token_count(len(tokens), lengths, max_tokens)
-
-    if "passkey" in metrics:  # fail before any computation
-        shortest = min_prompt_length(tokenizer, passkey_digits)
-        pk_lengths = sorted(set(passkey_lengths)) if passkey_lengths else default_passkey_lengths(lengths, shortest)
-        if pk_lengths[0] < shortest:
-            raise UserError(f"passkey lengths {[x for x in pk_lengths if x < shortest]} are shorter than the prompt's "
-                            f"fixed part ({shortest} tokens with this tokenizer); use --passkey-lengths >= {shortest}")
-        depths = passkey_depths if passkey_depths is not None else DEFAULT_DEPTHS
-        if not depths or any(not 0.0 <= d <= 1.0 for d in depths):
-            raise UserError(f"--passkey-depths must lie in [0, 1]; got {depths}")
-    if "effective_remembrance" in metrics:
-        Te = effrem_length or min(max(lengths), DEFAULT_EFFREM_LENGTH)
-        if Te > len(tokens):
-            raise UserError(f"--effrem-length {Te} is longer than the data ({len(tokens)} tokens)")
-    if position_length is not None and ("position_ppl" in metrics or "state_stats" in metrics):
-        eval_token_count(len(tokens), [position_length], max_tokens)
-
-    cache = EvalCache(None if not use_cache else (cache_dir or default_cache_dir(run)),
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    model, run_cfg, ckpt = load_model(run, device=device)
+    tokenizer = load_tokenizer(run_cfg.data.tokenizer)
+    if tokenizer.vocab_size > run_cfg.model.vocab_size:
+        raise UserError(f"checkpoint {ckpt} has a vocabulary of {run_cfg.model.vocab_size} but its tokenizer "
+                        f"{run_cfg.data.tokenizer!r} has {tokenizer.vocab_size} tokens: they do not match")
+    corpus = load_corpus(cfg.data or run_cfg.data.valid, tokenizer, run_cfg.data.cache_dir, progress=progress)
+    if len(corpus.tokens) < 2:
+        raise UserError(f"data file {corpus.source} holds {len(corpus.tokens)} token(s): nothing to evaluate")
+    lengths = cfg.lengths or default_lengths(len(corpus.tokens), cfg.max_tokens)
+    cache = EvalCache((cfg.cache_dir or default_cache_dir(run)) if cfg.use_cache else None,
                       file_hash(ckpt / "model.safetensors"), corpus.digest)
-    T = cfg.train.seq_len
-    result: dict[str, Any] = {
-        "run": str(run),
-        "name": cfg.name,
-        "checkpoint": str(ckpt),
-        "family": cfg.model.family,
-        "scheme": cfg.state.scheme,
-        "train_seq_len": T,
-        "data": corpus.source,
-        "data_digest": corpus.digest,
-        "model_hash": cache.model_hash,
-        "metrics": metrics,
+    ctx = EvalContext(
+        cfg=cfg, model=model, tokenizer=tokenizer, tokens=corpus.tokens, train_seq_len=run_cfg.train.seq_len,
+        lengths=lengths, n_targets=eval_token_count(len(corpus.tokens), lengths, cfg.max_tokens),
+        tokens_per_forward=cfg.batch_tokens or default_tokens_per_forward(run_cfg.model.vocab_size), device=device,
+        cache=cache, progress=progress,
+    )
+    settings: dict[str, Any] = {"n_targets": ctx.n_targets, "lengths": lengths, "eval_state": cfg.state,
+                                "order": cfg.order, "seed": cfg.seed, "chunk": cfg.chunk,
+                                "tokens_per_forward": ctx.tokens_per_forward, "device": str(device)}
+    metrics = [get_metric(name) for name in cfg.metrics]
+    for metric in metrics:  # every data-dependent check before the first computation
+        settings.update(metric.settings(ctx))
+
+    result: Result = {
+        "run": str(run), "name": run_cfg.name, "checkpoint": str(ckpt), "family": run_cfg.model.family,
+        "scheme": run_cfg.state.scheme, "train_seq_len": ctx.train_seq_len, "data": corpus.source,
+        "data_digest": corpus.digest, "model_hash": cache.model_hash, "metrics": list(cfg.metrics),
     }
-    settings: dict[str, Any] = {"n_targets": n_targets, "lengths": lengths, "eval_state": eval_state, "order": order,
-                                "seed": seed, "chunk": chunk, "tokens_per_forward": tpf, "device": str(dev)}
     t_start = time.perf_counter()
-
-    def bar(total: int, desc: str):
-        return tqdm(total=total, desc=desc, unit="tok", disable=not progress, leave=False, dynamic_ncols=True)
-
-    # Position-wise loss and state statistics: one zero-state pass over sequences of length Lp.
-    Lp = position_length or max(lengths)
-    position = None
-    if "position_ppl" in metrics or "state_stats" in metrics:
-        n_pos = (n_targets // Lp) * Lp if Lp <= n_targets else eval_token_count(len(tokens), [Lp], max_tokens)
-        settings.update(position_length=Lp, position_targets=n_pos)
-        pos_key, stats_key = {"n_targets": n_pos}, {"n_targets": n_pos}
-        pass_out: dict[str, Any] = {}
-
-        def long_pass() -> dict[str, Any]:
-            if not pass_out:
-                seqs = make_sequences(tokens, Lp, n_pos)
-                stats = StateStats(Lp)
-                with bar(n_pos, f"position loss + state L={Lp}") as b:
-                    nll, _ = sequence_losses(model, seqs, chunk, tpf, device=dev, progress=b, cuts=stats.positions,
-                                             on_segment=stats)
-                pass_out["position_ppl"] = position_summary(nll.mean(0).numpy(), seqs.shape[0])
-                pass_out["state_stats"] = stats.result(T)
-            return pass_out
-
-        if "position_ppl" in metrics:
-            position = cache.get_or_compute("position_ppl", Lp, pos_key, lambda: long_pass()["position_ppl"])
-            result["position_ppl"] = position
-        if "state_stats" in metrics:
-            result["state_stats"] = cache.get_or_compute("state_stats", Lp, stats_key, lambda: long_pass()["state_stats"])
-
-    if "ppl_vs_length" in metrics:
-        ppl: dict[str, float] = {}
-        key = {"n_targets": n_targets, "eval_state": eval_state, "order": order if eval_state == "previous" else None,
-               "seed": seed if order == "shuffled" and eval_state == "previous" else None,
-               "per_stream": SEQUENCES_PER_STREAM if eval_state == "previous" else None}
-        todo = [L for L in lengths if cache.directory is None or not cache.path("ppl_vs_length", L, key).is_file()]
-        with bar(n_targets * len(todo), "ppl vs length") as b:
-            for L in lengths:
-                def compute(L=L) -> dict[str, float]:
-                    if (position is not None and L == Lp and eval_state == "zero"
-                            and settings.get("position_targets") == n_targets):
-                        return {"ppl": position["ppl"], "loss": math.log(position["ppl"])}
-                    curve = length_curve(model, tokens, L, n_targets, eval_state, order, seed, chunk=chunk,
-                                         tokens_per_forward=tpf, device=dev, progress=b)
-                    loss = float(curve.mean())
-                    return {"ppl": math.exp(loss), "loss": loss}
-                ppl[str(L)] = cache.get_or_compute("ppl_vs_length", L, key, compute)["ppl"]
-        result["ppl_vs_length"] = ppl
-        result["length_extension"] = length_extension_verdict(ppl, T)
-
-    if "effective_remembrance" in metrics:
-        n_e = min(effrem_sequences, len(tokens) // Te)
-        settings.update(effrem_length=Te, effrem_sequences=n_e)
-        with bar(n_e * sum(Te - t for t in effrem_grid(Te)), f"effective remembrance T={Te}") as b:
-            result["effective_remembrance"] = cache.get_or_compute(
-                "effective_remembrance", Te, {"n_sequences": effrem_sequences, "grid": effrem_grid(Te)},
-                lambda: effective_remembrance(model, tokens, Te, effrem_sequences, chunk=chunk, tokens_per_forward=tpf,
-                                              device=dev, progress=b))
-
-    if "passkey" in metrics:
-        settings.update(passkey_lengths=pk_lengths, passkey_depths=depths, passkey_trials=passkey_trials)
-        pk_key = {"depths": depths, "trials": passkey_trials, "digits": passkey_digits, "seed": seed,
-                  "tokenizer": tokenizer.identity}
-        with bar(passkey_trials * len(depths) * sum(pk_lengths), "passkey") as b:
-            result["passkey"] = passkey_grid(
-                model, tokenizer, pk_lengths, depths, passkey_trials, passkey_digits, seed=seed, chunk=chunk,
-                tokens_per_forward=tpf, device=dev, progress=b,
-                cached=lambda L, compute: cache.get_or_compute("passkey", L, pk_key, compute))
-
+    for metric in metrics:
+        result[metric.name] = metric.compute(ctx).to_json()
+    if "ppl_vs_length" in result:
+        result["length_extension"] = length_extension_verdict(result["ppl_vs_length"], ctx.train_seq_len)
     result["settings"] = settings
-    result["cache"] = {"dir": str(cache.directory) if cache.directory else None, "hits": cache.hits, "misses": cache.misses}
+    result["cache"] = {"dir": str(cache.directory) if cache.directory else None, "hits": cache.hits,
+                       "misses": cache.misses}
     result["seconds"] = round(time.perf_counter() - t_start, 2)
     return result
 
 
-def write_outputs(result: dict[str, Any], json_path: str | Path | None, plots_dir: str | Path | None = None) -> str:
-    """Write ``json_path`` and a markdown report beside it (``.md``), and the plots into ``plots_dir``.
-    Returns the markdown report."""
+def write_outputs(result: Result, json_path: str | Path | None, plots_dir: str | Path | None = None) -> str:
+    """Write ``json_path`` and a markdown report beside it (``.md``), and the plots into ``plots_dir`` (their paths
+    are added to ``result["plots"]``). Returns the markdown report."""
     report = markdown_report([result])
     if plots_dir:
         result["plots"] = [str(p) for p in plot_all([result], plots_dir, heatmap=False)]
@@ -236,8 +115,9 @@ def write_outputs(result: dict[str, Any], json_path: str | Path | None, plots_di
     return report
 
 
-def load_result(path: str | Path) -> dict[str, Any]:
-    """Read an eval result JSON; one-line errors for files that are not one."""
+def load_result(path: str | Path) -> Result:
+    """Read an eval result JSON; one-line ``UserError`` for a file that is not one, down to a metric entry of the
+    wrong shape (each is read back with its metric's ``result_type.from_json``)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no such result file: {path}")
@@ -245,17 +125,32 @@ def load_result(path: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict) or not any(m in data for m in METRICS):
-        raise UserError(f"{path} is not a longssm eval result (none of the keys {', '.join(METRICS)})")
+    names = metric_names()
+    if not isinstance(data, dict) or not any(name in data for name in names):
+        raise UserError(f"{path} is not a longssm eval result (none of the keys {', '.join(names)})")
+    for name in names:
+        if name in data:
+            try:
+                get_metric(name).result_type.from_json(data[name], name)
+            except UserError as e:
+                raise UserError(f"{path} is not a longssm eval result: {e}") from None
     return data
 
 
-def compare(results: list[dict[str, Any]], out_dir: str | Path) -> dict[str, Any]:
-    """Overlay several eval results: every plot they have data for, the sweep heatmap, ``compare.md`` and
-    ``compare.json`` (verdicts and perplexities per run) in ``out_dir``."""
-    from .plots import run_label
-
+def check_output_dir(out_dir: str | Path) -> Path:
+    """``out_dir`` as a Path; ``UserError`` when it names an existing file (check before computing)."""
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; compare writes several files and needs a directory")
+    return out
+
+
+def compare(results: list[Result], out_dir: str | Path) -> dict[str, Any]:
+    """Overlay several eval results: every plot they have data for, the sweep heatmap (two results or more),
+    ``compare.md`` and ``compare.json`` (verdicts and perplexities per run) in ``out_dir``.
+
+    Returns ``{"report": markdown, "plots": [paths], "files": [compare.md, compare.json]}``."""
+    out = check_output_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots = plot_all(results, out, heatmap=len(results) >= 2)
     report = markdown_report(results)

@@ -8,16 +8,21 @@ sequences run from a zero state, after c tokens (c on a log grid 1, 2, 4, ..., L
     max_abs(c)  = max_i max |h_i(c)|
 
 The statistics are recorded by the evaluator's ``on_segment`` hook during the same chunked pass that computes
-position-wise losses: the log grid is added to the chunk boundaries, nothing else is recomputed.
+position-wise losses (``EvalContext.position_pass``): the log grid is added to the chunk boundaries, nothing
+else is recomputed. Registers the metric ``state_stats``.
 """
 
 from __future__ import annotations
 
 import math
-
-import torch
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..models.base import State
+from .registry import MetricResult, register_metric
+
+if TYPE_CHECKING:
+    from .context import EvalContext
 
 
 def log_grid(length: int) -> list[int]:
@@ -43,15 +48,14 @@ class StateStats:
         self.rows[j] += n
         for key, h in state.items():
             h = h.detach().flatten(1).double()  # (n, numel per row)
-            acc = self.sums.setdefault(key, {"norm": [0.0] * len(self.positions), "mean_abs": [0.0] * len(self.positions),
-                                             "max_abs": [0.0] * len(self.positions)})
+            acc = self.sums.setdefault(key, {stat: [0.0] * len(self.positions)
+                                             for stat in ("norm", "mean_abs", "max_abs")})
             acc["norm"][j] += float(h.norm(dim=1).sum())
             acc["mean_abs"][j] += float(h.abs().mean(dim=1).sum())
             acc["max_abs"][j] = max(acc["max_abs"][j], float(h.abs().max()) if h.numel() else 0.0)
 
-    def result(self, train_seq_len: int | None = None) -> dict:
-        """``{"positions": [...], "n_sequences": n, "keys": {key: {"norm": [...], "mean_abs": [...], "max_abs": [...]}},
-        "growth": {key: max_abs(L) / max_abs(T)}}`` (growth only when T is on the grid)."""
+    def result(self, train_seq_len: int | None = None) -> StateStatsResult:
+        """The averages over the rows seen; growth past T only when T is on the grid."""
         keys = {}
         for key, acc in self.sums.items():
             keys[key] = {
@@ -59,22 +63,34 @@ class StateStats:
                 "mean_abs": [s / max(r, 1) for s, r in zip(acc["mean_abs"], self.rows)],
                 "max_abs": list(acc["max_abs"]),
             }
-        out = {"positions": self.positions, "n_sequences": max(self.rows) if self.rows else 0, "keys": keys}
+        growth = None
         if train_seq_len in self._index:
             j = self._index[train_seq_len]
-            out["growth_past_train"] = {
-                k: (v["norm"][-1] / v["norm"][j] if v["norm"][j] > 0 else math.inf) for k, v in keys.items()
-            }
+            growth = {k: (v["norm"][-1] / v["norm"][j] if v["norm"][j] > 0 else math.inf) for k, v in keys.items()}
+        return StateStatsResult(self.positions, max(self.rows) if self.rows else 0, keys, growth)
+
+
+@dataclass
+class StateStatsResult(MetricResult):
+    """State magnitude by position, per state tensor."""
+
+    positions: list[int]
+    """The log grid c = 1, 2, 4, ..., L."""
+    n_sequences: int
+    keys: dict[str, dict[str, list[float]]]
+    """State key -> ``{"norm": [norm(c)], "mean_abs": [mean_abs(c)], "max_abs": [max_abs(c)]}`` over ``positions``."""
+    growth_past_train: dict[str, float] | None = None
+    """State key -> norm(L) / norm(T): how much the state grows past the training length (when T is on the grid)."""
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"positions": self.positions, "n_sequences": self.n_sequences, "keys": self.keys}
+        if self.growth_past_train is not None:
+            out["growth_past_train"] = self.growth_past_train
         return out
 
 
-def state_statistics(model: torch.nn.Module, seqs: torch.Tensor, chunk: int = 1024, tokens_per_forward: int = 4096,
-                     device="cpu", progress=None, train_seq_len: int | None = None) -> dict:
-    """State statistics of ``seqs`` (n, L+1) from zero states (a stand-alone pass; see ``StateStats``)."""
-    from .perplexity import sequence_losses
-
-    length = seqs.shape[1] - 1
-    stats = StateStats(length)
-    sequence_losses(model, seqs, chunk, tokens_per_forward, device=device, progress=progress,
-                    cuts=stats.positions, on_segment=stats)
-    return stats.result(train_seq_len)
+@register_metric("state_stats", StateStatsResult, settings=lambda ctx: ctx.position_settings())
+def compute_state_stats(ctx: EvalContext) -> StateStatsResult:
+    """State statistics from the position pass shared with position_ppl (cached per Lp and Np)."""
+    return ctx.cache.result("state_stats", ctx.position_length, {"n_targets": ctx.position_targets}, StateStatsResult,
+                            lambda: ctx.position_pass.state_stats.result(ctx.train_seq_len))

@@ -1,0 +1,134 @@
+"""Tables and verdicts from eval result dicts (``longssm eval --json`` files): length-extension verdicts, the
+(training T × evaluation L) loss grid of a sweep (LongSSM [1], Fig. 9), run labels and markdown reports.
+Pure Python: no torch, no matplotlib.
+
+References
+    [1] Wang et al., "LongSSM: On the Length Extension of State-space Models in Language Modelling", 2024,
+        arXiv:2406.02080.
+
+Verdict of one run, from its perplexities at the evaluation lengths L_0 < L_1 < ... that are ≥ its training
+length T (at least two of them are needed, else "n/a"):
+
+    strong  ppl(L_{i+1}) <  ppl(L_i) for every consecutive pair       (keeps improving past T)
+    weak    ppl(L_{i+1}) <= ppl(L_i) · (1 + tol) for every pair         (does not degrade; tol = 1e-3)
+    none    otherwise                                                  (degrades somewhere past T)
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Result = dict[str, Any]
+"""An eval result as written to JSON (see ``evaluate/run.py``)."""
+
+WEAK_TOLERANCE = 1e-3
+
+
+def length_extension_verdict(ppl: dict[str, float], train_seq_len: int | None,
+                             tol: float = WEAK_TOLERANCE) -> dict[str, Any]:
+    """``{"verdict": strong|weak|none|n/a, "from": T, "lengths": [...], "worst_ratio": max ppl(L_{i+1})/ppl(L_i)}``."""
+    T = int(train_seq_len or 0)
+    points = sorted((int(k), float(v)) for k, v in ppl.items() if int(k) >= T)
+    if len(points) < 2:
+        return {"verdict": "n/a", "from": T, "lengths": [p[0] for p in points], "worst_ratio": None}
+    ratios = [b / a for (_, a), (_, b) in itertools.pairwise(points)]
+    if all(r < 1.0 for r in ratios):
+        verdict = "strong"
+    elif all(r <= 1.0 + tol for r in ratios):
+        verdict = "weak"
+    else:
+        verdict = "none"
+    return {"verdict": verdict, "from": T, "lengths": [p[0] for p in points], "worst_ratio": max(ratios)}
+
+
+def run_label(result: Result) -> str:
+    """``"name (family, scheme)"``, leaving out parts the name already contains."""
+    name = result.get("name") or Path(str(result.get("run", "run"))).name
+    extra = ", ".join(str(x) for x in (result.get("family"), result.get("scheme")) if x and str(x) not in str(name))
+    return f"{name} ({extra})" if extra else str(name)
+
+
+def sweep_grid(results: list[Result]) -> dict[str, Any]:
+    """Loss (log ppl) grid over (run, eval L), runs sorted by (family, scheme, training T).
+
+    Returns ``{"rows": [{"label", "train_seq_len", "scheme", "family", "verdict"}], "lengths": [...],
+    "loss": [[loss or None, ...], ...]}``.
+    """
+    ordered = sorted(results, key=lambda r: (str(r.get("family")), str(r.get("scheme")),
+                                             int(r.get("train_seq_len") or 0), run_label(r)))
+    lengths = sorted({int(k) for r in ordered for k in r.get("ppl_vs_length", {})})
+    rows, grid = [], []
+    for r in ordered:
+        ppl = r.get("ppl_vs_length", {})
+        rows.append({
+            "label": run_label(r),
+            "train_seq_len": r.get("train_seq_len"),
+            "scheme": r.get("scheme"),
+            "family": r.get("family"),
+            "verdict": length_extension_verdict(ppl, r.get("train_seq_len"))["verdict"],
+        })
+        grid.append([math.log(ppl[str(x)]) if str(x) in ppl else None for x in lengths])
+    return {"rows": rows, "lengths": lengths, "loss": grid}
+
+
+def markdown_table(results: list[Result]) -> str:
+    """Perplexity table: rows = runs, columns = evaluation lengths, last column the length-extension verdict."""
+    results = [r for r in results if r.get("ppl_vs_length")]
+    lengths = sorted({int(k) for r in results for k in r["ppl_vs_length"]})
+    lines = ["| run | " + " | ".join(str(x) for x in lengths) + " | verdict |",
+             "|---|" + "---:|" * len(lengths) + "---|"]
+    for r in results:
+        cells = [f"{r['ppl_vs_length'][str(x)]:.3f}" if str(x) in r["ppl_vs_length"] else "" for x in lengths]
+        verdict = length_extension_verdict(r["ppl_vs_length"], r.get("train_seq_len"))["verdict"]
+        lines.append(f"| {run_label(r)} | " + " | ".join(cells) + f" | {verdict} |")
+    return "\n".join(lines)
+
+
+def _position_lines(r: Result, p: dict[str, Any]) -> list[str]:
+    cells = ", ".join(f"{b['lo']}–{b['hi']}: {b['loss']:.3f}" for b in p["bins"])
+    return [f" (L={p['length']}, {p['n_sequences']} seqs): {cells}"]
+
+
+def _effrem_lines(r: Result, e: dict[str, Any]) -> list[str]:
+    cells = ", ".join(f"t={t}: {v:.3f}" for t, v in zip(e["t"], e["effrem"]))
+    return [f" (T={e['T']}, {e['n_sequences']} seqs): {cells}"]
+
+
+def _passkey_lines(r: Result, pk: dict[str, Any]) -> list[str]:
+    cells = ", ".join(f"L={L}: {pk['mean_accuracy'][L]:.2f} / {pk['mean_ranked_accuracy'][L]:.2f}"
+                      for L in pk["mean_accuracy"])
+    return [f": {cells} (chance {pk['chance']:.0e} / {pk['ranked_chance']:.2f})"]
+
+
+def _state_lines(r: Result, st: dict[str, Any]) -> list[str]:
+    positions, T = st["positions"], r.get("train_seq_len")
+    at_T = positions.index(T) if T in positions else None
+    lines = []
+    for key, v in st["keys"].items():
+        mid = f" / {v['norm'][at_T]:.3g} @T" if at_T is not None else ""
+        lines.append(f" {key}: {v['norm'][0]:.3g} @1{mid} / {v['norm'][-1]:.3g} @{positions[-1]}")
+    return lines
+
+
+SECTIONS: list[tuple[str, str, Callable[[Result, dict[str, Any]], list[str]]]] = [
+    ("position_ppl", "**Position-wise loss** (octave bins of context size; nats/token)", _position_lines),
+    ("effective_remembrance", "**Effective Remembrance** EffRem_T(t)", _effrem_lines),
+    ("passkey", "**Passkey** mean accuracy over depths (greedy / ranked)", _passkey_lines),
+    ("state_stats", "**State norm** mean ‖h‖ at the first / training / last position", _state_lines),
+]
+"""(metric, heading, lines of one run) of the report sections after the perplexity table; each line follows the
+run's label."""
+
+
+def markdown_report(results: list[Result]) -> str:
+    """``markdown_table`` plus one section per further metric present: a bullet per run (and state key)."""
+    parts = [markdown_table(results)] if any(r.get("ppl_vs_length") for r in results) else []
+    for metric, heading, lines in SECTIONS:
+        if any(r.get(metric) for r in results):
+            parts.append(f"\n{heading}\n")
+            parts += [f"- {run_label(r)}{line}" for r in results if r.get(metric) for line in lines(r, r[metric])]
+    return "\n".join(parts)
