@@ -1,8 +1,12 @@
-"""benchmarks/peers.py: the --smoke run produces the documented JSON; ratios, targets and memory probes are right."""
+"""benchmarks/: each script's --quick run prints its documented JSON with figures that make sense; targets,
+errors, projections and memory probes are right."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -15,102 +19,141 @@ BENCH = REPO / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import common  # noqa: E402
-import peers  # noqa: E402
+import eval_speed  # noqa: E402
+import scan  # noqa: E402
+import targets  # noqa: E402
+import train_throughput  # noqa: E402
+
+SCRIPTS = {"train_throughput": train_throughput, "eval_speed": eval_speed, "scan": scan}
+SMOKE_OPTIONS = {"eval_speed": ["--peers", ""]}  # peers' models run in train_throughput, their evaluation below
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory) -> tuple[dict, str]:
-    out = tmp_path_factory.mktemp("bench") / "smoke.json"
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "peers.py"), "--smoke", "--json", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=REPO,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out.read_text()), proc.stdout
+def runs(tmp_path_factory) -> dict[str, tuple[dict, str]]:
+    """{script: (the --json file's object, stdout)} of every script's --quick run.
+
+    eval_speed runs as a command (its children run the script too) while the other two run in this process
+    (one torch import less each): the smoke test stays within seconds.
+    """
+    out = tmp_path_factory.mktemp("bench")
+
+    def argv(name: str) -> list[str]:
+        return ["--quick", "--json", str(out / f"{name}.json"), "--targets", str(BENCH / "targets.json"),
+                *SMOKE_OPTIONS.get(name, [])]
+
+    command = subprocess.Popen([sys.executable, str(BENCH / "eval_speed.py"), *argv("eval_speed")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    stdouts = {}
+    for name in ("train_throughput", "scan"):
+        with contextlib.redirect_stdout(io.StringIO()) as stdout, contextlib.redirect_stderr(io.StringIO()):
+            SCRIPTS[name].main(argv(name))
+        stdouts[name] = stdout.getvalue()
+    stdouts["eval_speed"], stderr = command.communicate(timeout=300)
+    assert command.returncode == 0, stderr[-3000:]
+    return {name: (json.loads((out / f"{name}.json").read_text()), stdouts[name]) for name in SCRIPTS}
 
 
-def test_smoke_prints_one_json_object_equal_to_the_file(smoke):
-    result, stdout = smoke
+def positive(x: object) -> bool:
+    return isinstance(x, float) and math.isfinite(x) and x > 0
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_each_script_prints_one_json_object_equal_to_its_file(runs, name):
+    result, stdout = runs[name]
     assert json.loads(stdout) == result
+    assert {"machine", "date", "config", "ratios", "notes", "targets", "wall_seconds"} <= set(result)
+    assert {"cpu_model", "logical_cores", "torch", "loadavg_end"} <= set(result["machine"])
+    assert result["config"]["quick"] is True and result["config"]["threads"] == 1
 
 
-def test_smoke_has_every_section(smoke):
-    result, _ = smoke
-    for key in ("machine", "date", "config", "train_tokens_per_s", "eval", "eval_peers", "scan", "ratios",
-                "targets", "notes"):
-        assert key in result, key
-    assert {"cpu_model", "logical_cores", "torch"} <= set(result["machine"])
-
-    train = result["train_tokens_per_s"]
+def test_train_throughput_figures(runs):
+    result, _ = runs["train_throughput"]
+    train, details = result["train_tokens_per_s"], result["details"]["train"]
     assert set(train) == {"byte", "gpt2"}
     for vocab, per_T in train.items():
-        assert len(per_T) == 2 and all(k.startswith("T") for k in per_T)
-        for fig in per_T.values():
-            expected = {"longssm", "mambapy", "transformers"} | ({"floor"} if vocab == "gpt2" else set())
-            assert set(fig) == expected
-            assert fig["longssm"] > 0 and fig.get("floor", 1) > 0
-            for peer in ("mambapy", "transformers"):  # a peer is a positive rate, or null when not installed
-                assert fig[peer] is None or fig[peer] > 0
+        assert list(per_T) == ["T16", "T32"]
+        for key, fig in per_T.items():
+            assert set(fig) == {"longssm", "mambapy", "transformers"} | ({"floor"} if vocab == "gpt2" else set())
+            assert positive(fig["longssm"]) and all(v is None or positive(v) for v in fig.values())
+            ran = {impl: d["params"] for impl, d in details[vocab][key].items() if isinstance(d, dict)}
+            assert len({p for impl, p in ran.items() if impl != "floor"}) == 1  # one model, every implementation
+            ratios = result["ratios"]["train"][vocab][key]
+            for impl, v in fig.items():
+                if impl != "longssm":
+                    assert ratios[f"longssm/{impl}"] == (None if v is None else pytest.approx(fig["longssm"] / v))
 
+
+def test_eval_speed_figures(runs):
+    result, _ = runs["eval_speed"]
     ev = result["eval"]
-    assert list(ev) == ["L64", "L128", "L256"]
-    for fig in ev.values():
-        assert fig["tokens_per_s"] > 0 and fig["peak_rss_mb"] > 0
-    for peer, per_L in result["eval_peers"].items():
-        assert per_L is None or set(per_L) == set(ev)
-
-    scan = result["scan"]
-    for key in ("fast_ms", "sequential_ms", "mambapy_pscan_ms", "max_rel_err"):
-        assert key in scan
-    assert scan["fast_ms"] > 0 and scan["sequential_ms"] > 0
-    # every implementation computes the float64 loop's outputs and gradients to float32 accuracy
-    for impl, err in scan["max_rel_err_by_impl"].items():
-        assert err is None or err < 1e-5, impl
+    assert list(ev) == ["L64", "L256"]
+    for r in ev.values():  # the tiny model's peak is torch's own footprint: hundreds of MB, not kB or GB
+        assert positive(r["tokens_per_s"]) and positive(r["seconds_per_sequence"])
+        assert 50 < r["rss_after_setup_mb"] <= r["peak_rss_mb"] < 2000
+    assert [r["chunk"] for r in ev.values()] == [64, 64]
+    assert result["eval_peers"] == {}
+    peak = {key: r["peak_rss_mb"] for key, r in ev.items()}
+    assert result["ratios"]["eval"]["peak_rss_L256/L64"] == pytest.approx(peak["L256"] / peak["L64"])
 
 
-def test_smoke_ratios_and_targets(smoke):
-    result, _ = smoke
-    ratios, targets = result["ratios"], result["targets"]
-    byte_T16 = result["train_tokens_per_s"]["byte"]["T16"]
-    if byte_T16["mambapy"] is not None:
-        assert ratios["train"]["byte"]["T16"]["longssm/mambapy"] == pytest.approx(
-            byte_T16["longssm"] / byte_T16["mambapy"])
-    assert "longssm/floor" in ratios["train"]["gpt2"]["T16"]
-    assert ratios["scan"]["fast_speedup_vs_sequential"] == pytest.approx(
-        result["scan"]["sequential_ms"] / result["scan"]["fast_ms"])
-    assert "peak_rss_L256/L64" in ratios["eval"]
-    for name in ("byte_longssm_ge_3x_mambapy", "byte_longssm_ge_5x_transformers", "gpt2_longssm_ge_75pct_floor",
-                 "scan_fast_ge_4x_pscan", "scan_fast_ge_4x_sequential", "scan_max_rel_err_le_1e-5",
-                 "eval_peak_rss_longest_le_1.1x_shortest", "eval_tokens_per_s_longest_within_10pct_of_shortest"):
-        assert targets[name] in (True, False, None), name
+def test_scan_figures(runs):
+    result, _ = runs["scan"]
+    figures = result["scan"]
+    assert positive(figures["fast_ms"]) and positive(figures["sequential_ms"])
+    # every implementation computes the float64 loop's output and gradients to float32 accuracy
+    errors = figures["max_rel_err_by_impl"]
+    assert errors["fast"] < 1e-5 and errors["sequential"] < 1e-5 and (errors["mambapy_pscan"] or 0) < 1e-5
+    assert figures["max_rel_err"] == errors["fast"]
+    assert result["ratios"]["scan"]["fast_speedup_vs_sequential"] == pytest.approx(
+        figures["sequential_ms"] / figures["fast_ms"])
+    assert result["targets"]["scan_max_rel_err_le_1e-5"] is True
 
 
-def test_targets_from_hand_made_figures():
+def test_eval_workloads_in_process():
+    """Every longssm evaluator, and the full-sequence forward that peers run (here the floor's), in this process."""
+    spec = {"L": 48, "vocab": 256, "model": {"d_model": 16, "n_layers": 1, "d_state": 4, "expand": 2, "d_conv": 4},
+            "chunk": 16, "batch_tokens": 64, "threads": 1, "min_run_time": 0.0}
+    for impl, metric in [("longssm", m) for m in eval_speed.WORKLOADS] + [("floor", "ppl_vs_length")]:
+        r = eval_speed.child({**spec, "impl": impl, "metric": metric})
+        assert positive(r["tokens_per_s"]) and r["chunk"] == (16 if impl == "longssm" else 48), (impl, metric)
+
+
+def test_targets_from_the_file_on_hand_made_figures():
     result = {
-        "train_tokens_per_s": {
-            "byte": {"T16": {"longssm": 300.0, "mambapy": 100.0, "transformers": 50.0},
-                     "T256": {"longssm": 290.0, "mambapy": 100.0, "transformers": 10.0}},
-            "gpt2": {"T16": {"longssm": 80.0, "mambapy": 1.0, "transformers": 1.0, "floor": 100.0},
-                     "T256": {"longssm": 70.0, "mambapy": None, "transformers": 1.0, "floor": 100.0}},
-        },
-        "scan": {"fast_ms": 10.0, "sequential_ms": 50.0, "mambapy_pscan_ms": 30.0, "max_rel_err": 2e-6},
-        "eval": {"L1024": {"tokens_per_s": 100.0, "peak_rss_mb": 300.0},
-                 "L32768": {"tokens_per_s": 95.0, "peak_rss_mb": 320.0}},
+        "ratios": {"train": {"byte": {"T16": {"longssm/mambapy": 3.5, "longssm/transformers": 6.0},
+                                      "T256": {"longssm/mambapy": 2.9, "longssm/transformers": 29.0}},
+                             "gpt2": {"T16": {"longssm/floor": 0.8}, "T256": {"longssm/floor": None}}}},
     }
-    ratios, targets = peers.ratios_and_targets(result)
-    assert targets["byte_longssm_ge_3x_mambapy"] is False  # 2.9x at T256
-    assert targets["byte_longssm_ge_5x_transformers"] is True  # 6x and 29x
-    assert targets["gpt2_longssm_ge_75pct_floor"] is False  # 70% at T256
-    assert ratios["train"]["gpt2"]["T256"]["longssm/mambapy"] is None  # a missing peer gives no ratio
-    assert ratios["scan"]["fast_speedup_vs_pscan"] == pytest.approx(3.0)
-    assert targets["scan_fast_ge_4x_pscan"] is False and targets["scan_fast_ge_4x_sequential"] is True
-    assert targets["scan_max_rel_err_le_1e-5"] is True
-    assert ratios["eval"]["peak_rss_L32768/L1024"] == pytest.approx(320 / 300)
-    assert targets["eval_peak_rss_longest_le_1.1x_shortest"] is True
-    assert targets["eval_tokens_per_s_longest_within_10pct_of_shortest"] is True
+    found = targets.check_all(result, targets.load(BENCH / "targets.json", "train_throughput"))
+    assert found == {"byte_longssm_ge_3x_mambapy": False,  # 2.9x at T256
+                     "byte_longssm_ge_5x_transformers": True,
+                     "gpt2_longssm_ge_75pct_floor": None}  # a missing figure: unknown, not guessed
+    ev = {"ratios": {"eval": {"peak_rss_L32768/L1024": 1.05, "tokens_per_s_L32768/L1024": 0.85}}}
+    found = targets.check_all(ev, targets.load(BENCH / "targets.json", "eval_speed"))
+    assert found == {"eval_peak_rss_longest_le_1.1x_shortest": True,
+                     "eval_tokens_per_s_longest_within_10pct_of_shortest": False}
+    assert targets.check({}, {"figure": "scan.max_rel_err", "max": 1e-5}) is None  # picks nothing
 
-    result["train_tokens_per_s"]["byte"]["T16"]["mambapy"] = None
-    assert peers.ratios_and_targets(result)[1]["byte_longssm_ge_3x_mambapy"] is None  # unknown, not faked
+
+def test_targets_file_rejects_a_target_without_bounds(tmp_path):
+    path = tmp_path / "targets.json"
+    path.write_text(json.dumps({"scan": {"fast": {"figure": "scan.fast_ms"}}}))
+    with pytest.raises(ValueError, match="min"):
+        targets.load(path, "scan")
+
+
+def test_quick_shrinks_only_the_options_left_unset(capsys):
+    assert train_throughput.parse_args([]).d_model == 256
+    assert train_throughput.parse_args(["--quick"]).d_model == 32
+    assert train_throughput.parse_args(["--quick", "--d-model", "8"]).d_model == 8
+    assert scan.parse_args(["--quick"]).length == 64
+    assert eval_speed.parse_args(["--quick"]).lengths == [64, 256]
+    with pytest.raises(SystemExit) as exc:
+        eval_speed.parse_args(["--help"])
+    assert exc.value.code == 0
+    assert "(default 1024,4096,32768; --quick 64,256)" in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        train_throughput.parse_args(["--vocabs", "byte,klingon"])
 
 
 def test_child_peak_rss_is_its_own_not_the_parents():
@@ -126,17 +169,17 @@ def test_child_peak_rss_is_its_own_not_the_parents():
 def test_rel_errors_flags_a_wrong_gradient():
     ref = [torch.randn(3, 4, dtype=torch.float64) for _ in range(6)]
     got = [r.float() for r in ref]
-    assert max(peers._rel_errors(got, ref).values()) < 1e-6
+    assert max(scan.rel_errors(got, ref).values()) < 1e-6
     got[3] = got[3] * 1.01
-    errors = peers._rel_errors(got, ref)
+    errors = scan.rel_errors(got, ref)
     assert errors["dA"] == pytest.approx(0.01, rel=1e-3) and errors["dB"] < 1e-6
 
 
 def test_peer_projection_skips_what_would_exceed_the_caps():
-    args = peers.parse_args(["--peer-mem-cap-mb", "1000", "--peer-time-cap", "10"])
+    args = eval_speed.parse_args(["--peer-mem-cap-mb", "1000", "--peer-time-cap", "10"])
     measured = (1024, {"rss_after_setup_mb": 300.0, "peak_rss_mb": 400.0, "seconds_per_sequence": 0.5})
-    assert peers._peer_projection(None, 1024, args) is None
-    assert peers._peer_projection(measured, 4096, args) is None  # 300 + 400 MB, 2 s
-    assert "RSS" in peers._peer_projection(measured, 32768, args)  # 300 + 3200 MB
+    assert eval_speed.peer_projection(None, 1024, args) is None
+    assert eval_speed.peer_projection(measured, 4096, args) is None  # 300 + 400 MB, 2 s
+    assert "RSS" in eval_speed.peer_projection(measured, 32768, args)  # 300 + 3200 MB
     slow = (1024, {**measured[1], "peak_rss_mb": 301.0, "seconds_per_sequence": 4.0})
-    assert "per sequence" in peers._peer_projection(slow, 4096, args)  # 16 s
+    assert "per sequence" in eval_speed.peer_projection(slow, 4096, args)  # 16 s
