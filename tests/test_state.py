@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from longssm.config import ModelConfig, StateConfig
+from longssm.config import SCHEMES, ModelConfig, StateConfig
 from longssm.data.streams import StreamLoader
 from longssm.models import build_model
 from longssm.state import StateSchemes, derangement
@@ -15,7 +15,8 @@ B = 6
 
 
 def template() -> dict[str, torch.Tensor]:
-    return {"layers.0.conv": torch.zeros(B, 8, 3), "layers.0.ssm": torch.zeros(B, 8, 4), "layers.1.h": torch.zeros(B, 5)}
+    return {"layers.0.conv": torch.zeros(B, 8, 3), "layers.0.ssm": torch.zeros(B, 8, 4),
+            "layers.1.h": torch.zeros(B, 5)}
 
 
 def loader(doc_starts=None) -> StreamLoader:
@@ -108,7 +109,7 @@ def test_fitted_noise_matches_the_statistics_of_observed_final_states():
     got_std = init.std(dim=(0, 2))
     assert torch.allclose(got_mean, mean.flatten(), atol=0.05)
     assert torch.allclose(got_std, std.flatten(), rtol=0.05)
-    fm, fs = s.fitted()
+    fm, _ = s.fitted()
     assert torch.allclose(fm["layers.0.ssm"][:, 0], mean.flatten(), atol=0.02)  # per channel (dim 1)
 
 
@@ -120,6 +121,40 @@ def test_p_zero_drops_about_p_of_the_rows():
     dropped = float((init[:, 0] == 0).float().mean())
     assert abs(dropped - 0.25) < 0.03
     assert ((init == 0) | (init == 1)).all()
+
+
+@pytest.mark.parametrize("scheme", ["previous", "state_passing", "fitted_noise"])
+def test_a_non_finite_step_carries_nothing_and_leaves_the_statistics_unchanged(scheme):
+    s, data = schemes(scheme=scheme), loader()
+    s.observe(finals(1))
+    before = s.state_dict()
+    s.observe({k: v * float("nan") for k, v in finals(2).items()}, finite=torch.tensor(False))
+    after = s.state_dict()
+    if scheme == "fitted_noise":
+        assert all(torch.equal(after[k], before[k]) for k in before if k != "rng")
+    else:  # the next window starts from zero
+        assert all((v == 0).all() for v in s.initial(data.batch(2)).values())
+    s.observe(finals(3), finite=torch.tensor(True))
+    if scheme == "previous":
+        assert all(torch.equal(s.initial(data.batch(3))[k], finals(3)[k]) for k in finals(3))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_only_fitted_noise_keeps_and_checkpoints_statistics(scheme):
+    s = schemes(scheme=scheme)
+    s.observe(finals(1))
+    saved = {k.split(".")[0] for k in s.state_dict()}
+    fitting = scheme == "fitted_noise"
+    statistics = {"count", "fit_mean", "fit_sq"}
+    assert saved & statistics == (statistics if fitting else set())
+    assert bool(s.mean) == fitting and bool(s.sq) == fitting
+    t = schemes(scheme=scheme)  # a checkpoint written by a fitted_noise run loads into any scheme...
+    fitted = schemes(scheme="fitted_noise")
+    fitted.observe(finals(1))
+    t.load_state_dict(fitted.state_dict())
+    assert bool(t.mean) == fitting
+    fitted.load_state_dict(s.state_dict())  # ...and any scheme's into fitted_noise (which then keeps its own)
+    assert torch.equal(fitted.fitted()[0]["layers.1.h"], finals(1)["layers.1.h"].mean(0))
 
 
 def test_scheme_state_round_trips_through_state_dict():

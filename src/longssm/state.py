@@ -17,6 +17,7 @@ of the scheme: ``reset`` zeroes a carried row at its stream's wrap (always) and 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -25,6 +26,17 @@ from .data.streams import Batch
 from .models.base import State, detach_state, map_state, reset_rows
 
 CARRYING = ("previous", "state_passing")
+
+
+def host_to_device(t: Tensor, device: torch.device) -> Tensor:
+    """Copy a CPU tensor to ``device`` without making the host wait for the device.
+
+    On CUDA a plain ``.to(device)`` from pageable memory synchronises the stream; a copy from pinned memory
+    with ``non_blocking=True`` is queued like a kernel. Other devices: a plain copy.
+    """
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def zero_state(template: State) -> State:
@@ -41,45 +53,56 @@ def fitted_noise_state(template: State, mean: State, std: State, gen: torch.Gene
 
 def state_passing_state(carried: State, gen: torch.Generator) -> State:
     """Row b receives the final state of row π(b), π a random permutation with no fixed point (B ≥ 2)."""
-    batch = next(iter(carried.values())).shape[0]
-    perm = derangement(batch, gen).to(next(iter(carried.values())).device)
+    first = next(iter(carried.values()))
+    perm = host_to_device(derangement(first.shape[0], gen), first.device)
     return map_state(lambda v: v[perm], carried)
 
 
 def derangement(n: int, gen: torch.Generator) -> Tensor:
-    """A uniformly random permutation of range(n) with π(i) ≠ i for all i (identity when n == 1)."""
+    """A uniformly random permutation of range(n) with π(i) ≠ i for all i (identity when n == 1).
+
+    Drawn on the host from the CPU generator ``gen`` by rejection; the fixed-point check reads host memory only.
+    """
     if n == 1:
         return torch.zeros(1, dtype=torch.long)
     while True:
         perm = torch.randperm(n, generator=gen)
-        if not (perm == torch.arange(n)).any():
+        if (perm.numpy() != np.arange(n)).all():
             return perm
 
 
 def _randn_like(v: Tensor, gen: torch.Generator) -> Tensor:
-    return torch.randn(v.shape, generator=gen, dtype=v.dtype).to(v.device)
+    """Standard normal noise shaped like ``v``, drawn from the CPU generator ``gen`` (so a run's noise does not
+    depend on the device), then copied to ``v``'s device."""
+    return host_to_device(torch.randn(v.shape, generator=gen, dtype=v.dtype), v.device)
 
 
 def _channel_dims(v: Tensor) -> list[int]:
     """Dimensions reduced by the fitted statistics: all but the channel/head dimension 1."""
-    return [0] + list(range(2, v.dim()))
+    return [0, *range(2, v.dim())]
 
 
 class StateSchemes:
     """Holds what a scheme needs across windows: the carried final states and the fitted statistics.
 
-    ``initial(batch)`` gives the initial state of a window; ``observe(final)`` records its final state.
-    Everything it holds is in ``state_dict()`` so a resumed run continues exactly.
+    ``initial(batch)`` gives the initial state of a window; ``observe(final, finite)`` records its final state.
+    Neither reads a device tensor back to the host, so a training step that calls them never waits for the
+    device. The fitted statistics (running mean and mean square of the final states, per layer and channel/head)
+    exist only for ``fitted_noise``. Everything held is in ``state_dict()`` so a resumed run continues exactly.
     """
 
     def __init__(self, config: StateConfig, template: State, seed: int) -> None:
         self.config = config
         self.template = zero_state(template)
+        self.device = next(iter(template.values())).device
         self.gen = torch.Generator().manual_seed(seed + 7919)
         self.carried: State | None = None
-        self.count = 0
-        self.mean = {k: torch.zeros_like(v[0]) for k, v in self.template.items()}
-        self.sq = {k: torch.zeros_like(v[0]) for k, v in self.template.items()}
+        # fitted statistics, kept for fitted_noise only: per state tensor the running mean and mean square (shaped
+        # like one batch row) and the number of finite windows folded in (a device tensor, never read back)
+        self.fitting = config.scheme == "fitted_noise"
+        self.mean: State = {k: torch.zeros_like(v[0]) for k, v in self.template.items()} if self.fitting else {}
+        self.sq: State = {k: torch.zeros_like(v[0]) for k, v in self.template.items()} if self.fitting else {}
+        self.count = torch.zeros((), dtype=torch.long, device=self.device)
 
     # -- the schemes --------------------------------------------------------------------------------------
     def initial(self, batch: Batch) -> State:
@@ -88,71 +111,83 @@ class StateSchemes:
             return zero_state(self.template)
         if cfg.scheme == "random_noise":
             init = random_noise_state(self.template, cfg.noise_std, self.gen)
-        elif cfg.scheme == "fitted_noise":
-            if self.count == 0:
-                init = zero_state(self.template)
-            else:
-                init = fitted_noise_state(self.template, *self.fitted(), self.gen)
+        elif cfg.scheme == "fitted_noise":  # before the first finite window mean = std = 0: exactly zero
+            init = fitted_noise_state(self.template, *self.fitted(), self.gen)
         elif self.carried is None:
             init = zero_state(self.template)
         elif cfg.scheme == "previous":
-            rows = self._reset_rows(batch)
-            init = reset_rows(self.carried, rows) if rows.any() else self.carried
+            init = self._previous(batch)
         else:  # state_passing
             init = state_passing_state(self.carried, self.gen)
         if cfg.p_zero > 0:
             drop = torch.rand(batch.x.shape[0], generator=self.gen) < cfg.p_zero
-            if drop.any():
-                init = reset_rows(init, drop.to(next(iter(init.values())).device))
+            init = reset_rows(init, host_to_device(drop, self.device))
         return init
 
-    def _reset_rows(self, batch: Batch) -> Tensor:
-        rows = torch.full((batch.x.shape[0],), bool(batch.wrapped))
+    def _previous(self, batch: Batch) -> State:
+        """The carried states, zeroed in every row at the epoch wrap and, with ``reset=document``, in the rows
+        whose stream started a new document since the previous window."""
+        if batch.wrapped:
+            return zero_state(self.template)
         if self.config.reset == "document":
-            rows = rows | batch.doc_reset
-        return rows.to(next(iter(self.template.values())).device)
+            return reset_rows(self.carried, host_to_device(batch.doc_reset, self.device))
+        return self.carried
 
-    def observe(self, final: State) -> None:
-        """Record a window's final states: carried for the next window, folded into the fitted statistics."""
+    def observe(self, final: State, finite: Tensor | None = None) -> None:
+        """Record a window's final states: carried to the next window, folded into the fitted statistics.
+
+        ``finite``: 0-dim bool tensor on the device, False for a non-finite (skipped) step; then nothing is
+        carried (the next window starts from zero) and the statistics are left as they were. It is applied
+        with ``torch.where``, never read back. None means True.
+        """
         final = detach_state(final)
-        self.carried = final if self.config.scheme in CARRYING else None
-        m = self.config.fit_momentum if self.count > 0 else 0.0
+        if self.config.scheme in CARRYING:
+            self.carried = final if finite is None else {k: torch.where(finite, v, 0.0) for k, v in final.items()}
+        if self.fitting:
+            self._fit(final, finite)
+
+    def _fit(self, final: State, finite: Tensor | None) -> None:
+        """Exponential moving mean and mean square over the batch and all but the channel/head dimension;
+        the first finite window sets them."""
+        m = torch.where(self.count > 0, self.config.fit_momentum, 0.0)
         for k, v in final.items():
             dims = _channel_dims(v)
             mean = v.float().mean(dim=dims, keepdim=True)[0].to(v.dtype).expand_as(v[0])
             sq = (v.float() ** 2).mean(dim=dims, keepdim=True)[0].to(v.dtype).expand_as(v[0])
-            self.mean[k] = m * self.mean[k] + (1 - m) * mean
-            self.sq[k] = m * self.sq[k] + (1 - m) * sq
-        self.count += 1
-
-    def forget(self) -> None:
-        """Drop the carried states (after a non-finite step): the next window starts from zero."""
-        self.carried = None
+            mean, sq = m * self.mean[k] + (1 - m) * mean, m * self.sq[k] + (1 - m) * sq
+            if finite is not None:
+                mean, sq = torch.where(finite, mean, self.mean[k]), torch.where(finite, sq, self.sq[k])
+            self.mean[k], self.sq[k] = mean, sq
+        self.count = self.count + (1 if finite is None else finite.long())
 
     def fitted(self) -> tuple[State, State]:
-        """Running (mean, std) per state tensor, shaped like one batch row."""
+        """Running (mean, std) per state tensor, shaped like one batch row (empty unless ``fitted_noise``)."""
         std = {k: (self.sq[k] - self.mean[k] ** 2).clamp_min(0).sqrt() for k in self.mean}
         return dict(self.mean), std
 
     # -- checkpointing ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Tensor]:
-        """Flat tensors for safetensors: carried.<key>, fit_mean.<key>, fit_sq.<key>, count, rng."""
-        out: dict[str, Tensor] = {"count": torch.tensor(self.count), "rng": self.gen.get_state()}
-        for k in self.mean:
-            out[f"fit_mean.{k}"] = self.mean[k]
-            out[f"fit_sq.{k}"] = self.sq[k]
+        """Flat tensors for safetensors: rng, carried.<key> (carrying schemes), and for fitted_noise count,
+        fit_mean.<key>, fit_sq.<key>."""
+        out: dict[str, Tensor] = {"rng": self.gen.get_state()}
+        if self.fitting:
+            out["count"] = self.count
+            out.update({f"fit_mean.{k}": v for k, v in self.mean.items()})
+            out.update({f"fit_sq.{k}": v for k, v in self.sq.items()})
         if self.carried is not None:
             out.update({f"carried.{k}": v for k, v in self.carried.items()})
         return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
     def load_state_dict(self, sd: dict[str, Tensor]) -> None:
-        device = next(iter(self.template.values())).device
-        self.count = int(sd["count"])
+        """Inverse of ``state_dict``. Statistics are read by fitted_noise only (one resumed from a checkpoint of
+        another scheme starts fitting afresh); carried states are read when present."""
         self.gen.set_state(sd["rng"])
         # .clone(): fresh, aligned memory (see models.base.load_state) so a resume stays bit-identical
-        self.mean = {k: sd[f"fit_mean.{k}"].to(device).clone() for k in self.template}
-        self.sq = {k: sd[f"fit_sq.{k}"].to(device).clone() for k in self.template}
+        if self.fitting and "count" in sd:
+            self.count = sd["count"].to(self.device).clone()
+            self.mean = {k: sd[f"fit_mean.{k}"].to(self.device).clone() for k in self.template}
+            self.sq = {k: sd[f"fit_sq.{k}"].to(self.device).clone() for k in self.template}
         if any(k.startswith("carried.") for k in sd):
-            self.carried = {k: sd[f"carried.{k}"].to(device).clone() for k in self.template}
+            self.carried = {k: sd[f"carried.{k}"].to(self.device).clone() for k in self.template}
         else:
             self.carried = None

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["diag_scan_ref", "diag_scan_fast"]
+__all__ = ["diag_scan_fast", "diag_scan_ref"]
 
 
 def _check(lambda_bar: Tensor, bu: Tensor, initial_state: Tensor | None) -> None:

@@ -41,17 +41,18 @@ def _discretisation_inputs(delta: Tensor, delta_bias: Tensor | None, delta_softp
     return delta
 
 
+def _skip_and_gate(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:
+    """The end of Eq. (2) and the gate, shared by both scans: y ← (y + D u) · silu(z). y, u, z (b, l, e); D (e,)."""
+    if D is not None:
+        y = y + u * D
+    if z is not None:
+        y = y * F.silu(z)
+    return y
+
+
 def selective_scan_ref(
-    u: Tensor,
-    delta: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor | None = None,
-    z: Tensor | None = None,
-    delta_bias: Tensor | None = None,
-    delta_softplus: bool = False,
-    initial_state: Tensor | None = None,
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None, z: Tensor | None = None,
+    delta_bias: Tensor | None = None, delta_softplus: bool = False, initial_state: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Sequential selective scan, Eq. (1)-(2), one step per token.
 
@@ -70,11 +71,7 @@ def selective_scan_ref(
         h = torch.exp(delta_t[..., None] * A) * h + (delta_t * u_t)[..., None] * B_t[:, None, :]  # (1)
         ys.append(torch.einsum("ben,bn->be", h, C_t))  # (2), without D
     y = torch.stack(ys, dim=1) if ys else u.new_zeros(u.shape)
-    if D is not None:
-        y = y + u * D
-    if z is not None:
-        y = y * F.silu(z)
-    return y, h
+    return _skip_and_gate(y, u, D, z), h
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -143,7 +140,8 @@ def _chunked_forward(
 
 
 class _ChunkedSelectiveScan(torch.autograd.Function):
-    """(u, Δ (l, b, e), Aᵀ (n, e), B, C (l, b, n), h_0 (b, n, e)) -> (y (l, b, e), h_l (b, n, e)), Eq. (1)-(2) without D."""
+    """(u, Δ (l, b, e), Aᵀ (n, e), B, C (l, b, n), h_0 (b, n, e)) -> (y (l, b, e), h_l (b, n, e)):
+    Eq. (1)-(2) without D."""
 
     @staticmethod
     def forward(ctx, u, delta, At, B, C, h0, block):
@@ -191,16 +189,8 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
 
 
 def selective_scan_fast(
-    u: Tensor,
-    delta: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor | None = None,
-    z: Tensor | None = None,
-    delta_bias: Tensor | None = None,
-    delta_softplus: bool = False,
-    initial_state: Tensor | None = None,
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None, z: Tensor | None = None,
+    delta_bias: Tensor | None = None, delta_softplus: bool = False, initial_state: Tensor | None = None,
     chunk_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Blocked selective scan with a hand-written backward; same arguments and results as
@@ -213,10 +203,7 @@ def selective_scan_fast(
     n = A.shape[-1]
     dtype = u.dtype
     delta = _discretisation_inputs(delta, delta_bias, delta_softplus)
-    if initial_state is None:
-        h0 = u.new_zeros(b, n, e)
-    else:
-        h0 = initial_state.to(dtype).transpose(1, 2).contiguous()
+    h0 = u.new_zeros(b, n, e) if initial_state is None else initial_state.to(dtype).transpose(1, 2).contiguous()
     if l == 0:
         return u.new_zeros(u.shape), h0.transpose(1, 2).contiguous()
 
@@ -229,12 +216,7 @@ def selective_scan_fast(
         y, h = _ChunkedSelectiveScan.apply(*args, block)
     else:  # evaluation: no checkpoints, no graph
         y, h, _ = _chunked_forward(*args, block, keep_checkpoints=False)
-    y = y.transpose(0, 1)
-    if D is not None:
-        y = y + u * D
-    if z is not None:
-        y = y * F.silu(z)
-    return y, h.transpose(1, 2).contiguous()
+    return _skip_and_gate(y.transpose(0, 1), u, D, z), h.transpose(1, 2).contiguous()
 
 
 def selective_scan(
@@ -248,12 +230,12 @@ def selective_scan(
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
     initial_state: Tensor | None = None,
-    impl: str = "fast",
+    impl: str = "chunked",
     chunk_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Dispatch to :func:`selective_scan_fast` (``impl="fast"``) or :func:`selective_scan_ref` (``"reference"``)."""
-    if impl == "fast":
+    """Dispatch to :func:`selective_scan_fast` (``impl="chunked"``) or :func:`selective_scan_ref` (``"reference"``)."""
+    if impl == "chunked":
         return selective_scan_fast(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, chunk_size)
     if impl == "reference":
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
-    raise ValueError(f"impl must be 'fast' or 'reference'; got {impl!r}")
+    raise ValueError(f"impl must be 'chunked' or 'reference'; got {impl!r}")

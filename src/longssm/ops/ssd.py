@@ -56,13 +56,21 @@ def _check_shapes(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> tup
     return b, l, h, p, g, n
 
 
+def _start_state(initial_state: Tensor | None, x: Tensor, n: int, dtype: torch.dtype) -> Tensor:
+    """h_0 (b, h, p, n) in the compute dtype: ``initial_state``, or zeros when it is None. x (b, l, h, p)."""
+    b, _, h, p = x.shape
+    return x.new_zeros(b, h, p, n, dtype=dtype) if initial_state is None else initial_state.to(dtype)
+
+
+def _add_skip(y: Tensor, x: Tensor, D: Tensor | None) -> Tensor:
+    """y + D x (D per head), returned in x's dtype: the last step of both ops. y, x (b, l, h, p); D (h,)."""
+    if D is not None:
+        y = y + D.to(y.dtype)[:, None] * x.to(y.dtype)
+    return y.to(x.dtype)
+
+
 def ssd_ref(
-    x: Tensor,
-    dt: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor | None = None,
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
     initial_state: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Sequential SSD recurrence, one step per token: the oracle for ``ssd_chunked``.
@@ -73,12 +81,10 @@ def ssd_ref(
     -> y (b, l, h, p), final_state (b, h, p, n). Exact in float64; time-major loop (``unbind``) so that the
     backward pass stays linear in l.
     """
-    b, l, h, p, g, n = _check_shapes(x, dt, A, B, C)
+    b, _, h, p, g, n = _check_shapes(x, dt, A, B, C)
     dtype = _compute_dtype(x)
     r = h // g
-    state = (
-        x.new_zeros(b, h, p, n, dtype=dtype) if initial_state is None else initial_state.to(dtype)
-    )
+    state = _start_state(initial_state, x, n, dtype)
     A = A.to(dtype)
     # heads of one group read the same B, C: expand (b, l, g, n) -> (b, l, h, n)
     B_h = B.to(dtype).repeat_interleave(r, dim=2)
@@ -89,9 +95,7 @@ def ssd_ref(
         state = decay[..., None, None] * state + (dt_t[..., None] * x_t)[..., None] * B_t[:, :, None, :]
         ys.append(torch.einsum("bhpn,bhn->bhp", state, C_t))
     y = torch.stack(ys, dim=1) if ys else x.new_zeros(b, 0, h, p, dtype=dtype)
-    if D is not None:
-        y = y + D.to(dtype)[:, None] * x.to(dtype)
-    return y.to(x.dtype), state
+    return _add_skip(y, x, D), state
 
 
 def _segsum(a: Tensor) -> Tensor:
@@ -139,14 +143,8 @@ def _ssd_block(xdt: Tensor, a: Tensor, B: Tensor, C: Tensor, state: Tensor) -> t
 
 
 def ssd_chunked(
-    x: Tensor,
-    dt: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor | None = None,
-    initial_state: Tensor | None = None,
-    chunk_size: int = 64,
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+    initial_state: Tensor | None = None, chunk_size: int = 64,
 ) -> tuple[Tensor, Tensor]:
     """Chunked SSD ([1] Sec. 6): quadratic (attention-like) inside chunks, linear recurrence across chunks.
 
@@ -165,7 +163,7 @@ def ssd_chunked(
         return _ssd_cuda(x, dt, A, B, C, D, initial_state, chunk_size)
     dtype = _compute_dtype(x)
     r = h // g
-    state = x.new_zeros(b, h, p, n, dtype=dtype) if initial_state is None else initial_state.to(dtype)
+    state = _start_state(initial_state, x, n, dtype)
     if l == 0:
         return x.new_zeros(b, 0, h, p), state
     q = min(chunk_size, l)
@@ -190,9 +188,7 @@ def ssd_chunked(
         ys.append(y_blk)
     y = torch.cat(ys, dim=1) if len(ys) > 1 else ys[0]
     y = y.reshape(b, nc * q, h, p)[:, :l]
-    if D is not None:
-        y = y + D.to(dtype)[:, None] * x.to(dtype)
-    return y.to(x.dtype), state.reshape(b, h, p, n).contiguous()
+    return _add_skip(y, x, D), state.reshape(b, h, p, n).contiguous()
 
 
 @functools.cache
