@@ -545,3 +545,13 @@ def test_passkey_settings_fail_before_any_computation():
     with pytest.raises(UserError, match="--passkey-digits >= 2"):
         check_passkey_settings(tok, [512], 1, 9)  # 8 wrong one-digit keys < 9 distractors: would never finish
     check_passkey_settings(tok, [512], 2, 9)
+
+
+def test_cache_key_covers_the_model_config_not_only_the_weights(tmp_path):
+    from longssm.evaluate.cache import model_hash
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"same weights")
+    calibrated = {"family": "mamba", "delta_scale": [1.5]}
+    assert model_hash(weights, {"family": "mamba", "delta_scale": None}) != model_hash(weights, calibrated)
+    assert model_hash(weights, calibrated) == model_hash(weights, dict(calibrated))

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
 import pytest
 import torch
 
+from conftest import tiny_overrides
 from longssm import checkpoint as ckpt_io
 from longssm import train as train_mod
-from longssm.config import from_dict, RunConfig
+from longssm.config import RunConfig, from_dict
 from longssm.errors import UserError
 from longssm.train import lr_at, train
-
-from conftest import tiny_overrides
 
 
 def cfg_of(corpus, cache, **extra) -> RunConfig:
@@ -54,7 +54,8 @@ def test_resumed_run_continues_bit_identically(tmp_path, corpus_file, scheme):
 
 
 def test_checkpoint_holds_every_stream_state_and_prunes(tmp_path, corpus_file):
-    cfg = cfg_of(corpus_file, tmp_path / "cache", state__scheme="previous", train__checkpoint_every=3, train__keep_last=2)
+    cfg = cfg_of(corpus_file, tmp_path / "cache", state__scheme="previous", train__checkpoint_every=3,
+                 train__keep_last=2)
     train(cfg, tmp_path / "run")
     kept = [p.name for p in ckpt_io.list_checkpoints(tmp_path / "run")]
     assert kept == ["step-00000009", "step-00000012"]
@@ -62,7 +63,7 @@ def test_checkpoint_holds_every_stream_state_and_prunes(tmp_path, corpus_file):
     carried = {k for k in states if k.startswith("carried.")}
     assert carried == {"carried.layers.0.conv", "carried.layers.0.ssm"}
     assert states["carried.layers.0.ssm"].shape[0] == cfg.train.batch_size
-    model, loaded_cfg, _ = ckpt_io.load_model(tmp_path / "run")
+    _, loaded_cfg, _ = ckpt_io.load_model(tmp_path / "run")
     assert loaded_cfg.model.vocab_size == 256 and loaded_cfg.state.scheme == "previous"
 
 
@@ -83,7 +84,8 @@ def test_interrupted_save_leaves_the_previous_checkpoint_loadable(tmp_path, corp
     ckpt_io.load_model(good)
 
 
-def test_non_finite_batch_is_skipped_and_training_continues(tmp_path, corpus_file, monkeypatch):
+def poison(monkeypatch, step: int, models: list | None = None) -> None:
+    """Make the model's logits NaN at training step ``step`` (1-based); built models are appended to ``models``."""
     real_build = train_mod.build_model
     calls = {"n": 0}
 
@@ -94,21 +96,41 @@ def test_non_finite_batch_is_skipped_and_training_continues(tmp_path, corpus_fil
         def poisoned(tokens, state=None):
             calls["n"] += 1
             logits, new_state = forward(tokens, state)
-            if calls["n"] == 3:
-                logits = logits * float("nan")
-            return logits, new_state
+            return (logits * float("nan") if calls["n"] == step else logits), new_state
 
         model.forward = poisoned
+        if models is not None:
+            models.append(model)
         return model
 
     monkeypatch.setattr(train_mod, "build_model", build_with_poison)
-    cfg = cfg_of(corpus_file, tmp_path / "cache", state__scheme="previous", train__steps=8)
+
+
+def records_of(run_dir) -> list[dict]:
+    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("log_every", [1, 4])
+def test_non_finite_batch_is_skipped_and_training_continues(tmp_path, corpus_file, monkeypatch, log_every):
+    models: list[torch.nn.Module] = []
+    poison(monkeypatch, 3, models)
+    cfg = cfg_of(corpus_file, tmp_path / "cache", state__scheme="previous", train__steps=8, train__log_every=log_every)
     losses: dict[int, float] = {}
-    summary = train(cfg, tmp_path / "run", on_step=lambda s, l: losses.__setitem__(s, l))
-    assert summary["steps"] == 8
+    weights: dict[int, dict[str, torch.Tensor]] = {}
+
+    def record(step, loss):
+        losses[step] = loss
+        weights[step] = {k: v.clone() for k, v in models[0].state_dict().items()}
+
+    summary = train(cfg, tmp_path / "run", on_step=record)
+    assert summary["steps"] == 8 and math.isfinite(summary["final_loss"])
     assert math.isnan(losses[3]) and all(math.isfinite(losses[s]) for s in losses if s != 3)
-    records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert any(r.get("skipped") and r["step"] == 3 for r in records)
+    assert all(torch.equal(weights[2][k], weights[3][k]) for k in weights[2])  # the update was skipped...
+    assert not all(torch.equal(weights[3][k], weights[4][k]) for k in weights[3])  # ...and training went on
+    trainer = ckpt_io.load_trainer(tmp_path / "run" / "checkpoints" / "step-00000008")
+    assert all(int(s["step"]) == 7 for s in trainer["optimizer"]["state"].values())  # AdamW's count skipped it too
+    skipped = [r["step"] for r in records_of(tmp_path / "run") if r.get("skipped")]
+    assert skipped == [3]  # named exactly, even when it is only read back at step 4
 
 
 def test_too_many_non_finite_steps_stop_with_a_clear_error(tmp_path, corpus_file):
@@ -120,6 +142,79 @@ def test_too_many_non_finite_steps_stop_with_a_clear_error(tmp_path, corpus_file
     assert good is not None
     model, _, _ = ckpt_io.load_model(good)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_run_of_bad_steps_between_log_steps_is_noticed_at_the_next_log_step(tmp_path, corpus_file):
+    cfg = cfg_of(corpus_file, tmp_path / "cache", train__lr=1e9, train__warmup_steps=0, train__grad_clip=0.0,
+                 train__max_bad_steps=2, train__steps=50, train__log_every=5)
+    with pytest.raises(UserError, match="2 non-finite steps in a row at step 3 "):
+        train(cfg, tmp_path / "run")
+    assert [r["step"] for r in records_of(tmp_path / "run") if r.get("skipped")] == [2, 3]
+
+
+@pytest.mark.parametrize("scheme", ["previous", "fitted_noise", "state_passing"])
+def test_steps_between_log_steps_read_nothing_back_from_the_device(tmp_path, corpus_file, monkeypatch, scheme):
+    """On CUDA, reading a tensor on the host (item, bool, float, tolist, .cpu(), ...) waits for the device. On the
+    CPU every such read is counted here and attributed to the step whose batch was fetched last: only log
+    steps may read. ``numpy()`` is not counted: it refuses device tensors (it is used for host-side masks)."""
+    log_every, steps = 4, 10
+    current = {"step": None}
+    reads: list[tuple[int, str]] = []
+    real_batch = train_mod.StreamLoader.batch
+
+    def batch(self, step):
+        current["step"] = step
+        return real_batch(self, step)
+
+    def counting(name: str):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *args, **kwargs):
+            if current["step"] is not None:
+                reads.append((current["step"] + 1, name))
+            return real(self, *args, **kwargs)
+
+        return counted
+
+    monkeypatch.setattr(train_mod.StreamLoader, "batch", batch)
+    for name in ("item", "tolist", "cpu", "__bool__", "__float__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    cfg = cfg_of(corpus_file, tmp_path / "cache", state__scheme=scheme, state__p_zero=0.3, state__reset="document",
+                 train__log_every=log_every, train__steps=steps)
+    train(cfg, tmp_path / "run")
+    monkeypatch.undo()
+    assert reads, "the instrument saw nothing: log steps must read the losses"
+    bad = sorted({(step, name) for step, name in reads if step % log_every and step != steps})
+    assert not bad, f"host reads on steps that do not log: {bad}"
+
+
+def test_float16_scales_the_loss_skips_overflows_and_resumes_the_scaler(tmp_path, corpus_file, monkeypatch):
+    # CPU runs refuse half precision; autocast to float16 on the CPU stands in for CUDA here
+    monkeypatch.setattr(train_mod, "_autocast", lambda device, dtype: torch.autocast("cpu", dtype=torch.float16))
+    poison(monkeypatch, 3)  # NaN gradients at step 3: the scaler treats them as an overflow
+    cfg = cfg_of(corpus_file, tmp_path / "cache", train__dtype="float16", train__steps=8, train__checkpoint_every=4)
+    full: dict[int, float] = {}
+    train(cfg, tmp_path / "full", on_step=lambda s, l: full.__setitem__(s, l))
+    scaler = ckpt_io.load_trainer(tmp_path / "full" / "checkpoints" / "step-00000004")["scaler"]
+    assert scaler["scale"] == 2.0**15 and scaler["_growth_tracker"] == 1  # halved at step 3, one clean step since
+    assert all(math.isfinite(full[s]) for s in full if s != 3)
+
+    monkeypatch.undo()
+    monkeypatch.setattr(train_mod, "_autocast", lambda device, dtype: torch.autocast("cpu", dtype=torch.float16))
+    resumed: dict[int, float] = {}
+    train(cfg, tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoints" / "step-00000004"),
+          on_step=lambda s, l: resumed.__setitem__(s, l))
+    assert resumed == {s: full[s] for s in range(5, 9)}
+    final = ckpt_io.load_trainer(tmp_path / "resumed" / "checkpoints" / "step-00000008")["scaler"]
+    assert final == ckpt_io.load_trainer(tmp_path / "full" / "checkpoints" / "step-00000008")["scaler"]
+    assert final["scale"] == 2.0**15 and final["_growth_tracker"] == 5
+
+
+def test_half_precision_on_the_cpu_is_refused_before_training(tmp_path, corpus_file):
+    cfg = cfg_of(corpus_file, tmp_path / "cache", train__dtype="float16", train__device="cpu")
+    with pytest.raises(UserError, match=r"train\.dtype=float16 needs a CUDA device"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_token_budget_sets_the_batch_size(tmp_path, corpus_file):
@@ -134,4 +229,4 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert lr_at(60, cfg) == pytest.approx(0.55)
     assert lr_at(110, cfg) == pytest.approx(0.1)
     values = [lr_at(s, cfg) for s in range(10, 111)]
-    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(values))

@@ -10,6 +10,8 @@
                                                         data only: read back with torch.load(weights_only=True))
                                      config.yaml, meta.json (written last: its presence marks a complete checkpoint)
       final/                         the same, after the last step
+      source.json                    where the weights came from (runs made by import, calibrate, train --init-from)
+      tokenizer.json                 the run's own tokenizer (imported runs), named by data.tokenizer
 
 A checkpoint is written into ``.tmp-*`` beside its final name and renamed into place, so an interrupted save
 never leaves a half-written checkpoint under a name that ``--resume auto`` would pick.
@@ -21,6 +23,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import RunConfig, from_dict, to_dict
+from .data.paths import resolve_path
 from .errors import UserError
 
 META = "meta.json"
@@ -50,13 +56,19 @@ def save_weights(model: torch.nn.Module, path: str | Path) -> None:
     save_file(tensors, str(path), metadata={"tied": json.dumps(tied), "format": "longssm"})
 
 
-def load_weights(model: torch.nn.Module, path: str | Path, device: str | torch.device = "cpu") -> None:
-    """Inverse of ``save_weights``: every name the model expects must be present (strict)."""
+def read_weights(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The state dict ``save_weights`` wrote, every tied name included."""
     with safe_open(str(path), framework="pt", device=str(device)) as f:
         tied = json.loads((f.metadata() or {}).get("tied", "{}"))
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     for alias, source in tied.items():
         tensors[alias] = tensors[source]
+    return tensors
+
+
+def load_weights(model: torch.nn.Module, path: str | Path, device: str | torch.device = "cpu") -> None:
+    """Inverse of ``save_weights``: every name the model expects must be present (strict)."""
+    tensors = read_weights(path, device)
     try:
         _unwrap(model).load_state_dict(tensors, strict=True)
     except RuntimeError as e:
@@ -95,6 +107,41 @@ def save_checkpoint(
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+@contextmanager
+def new_directory(path: str | Path) -> Iterator[Path]:
+    """Write a new directory atomically: yields a ``.tmp-*`` directory beside ``path``, renamed to ``path`` when the
+    block succeeds and deleted when it raises, so a failed command leaves nothing under ``path``. ``UserError`` if
+    ``path`` exists (nothing is overwritten)."""
+    path = Path(path)
+    if path.exists():
+        raise UserError(f"{path} exists; choose a new output directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_run(path: str | Path, model: torch.nn.Module, config: RunConfig, source: dict[str, Any]) -> Path:
+    """Write a new run directory that holds one checkpoint, ``final/`` (weights and config, no trainer state), and
+    ``source.json`` (where its weights came from), atomically (``new_directory``). A tokenizer file
+    (``data.tokenizer`` not byte or gpt2) is copied into the run as ``tokenizer.json``, and ``data.tokenizer`` names
+    that copy (an absolute path). Returns ``path``."""
+    path = Path(path)
+    with new_directory(path) as tmp:
+        if config.data.tokenizer not in ("byte", "gpt2"):
+            shutil.copyfile(resolve_path(config.data.tokenizer), tmp / "tokenizer.json")
+            config = replace(config, data=replace(config.data, tokenizer=str(path.resolve() / "tokenizer.json")))
+        (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        (tmp / "source.json").write_text(json.dumps(source, indent=1))
+        save_checkpoint(tmp / "final", model, config, step=0)
     return path
 
 

@@ -13,22 +13,24 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .config import EvalConfig, RunConfig
 from .errors import UserError
 
 
-def train(cfg: RunConfig, run_dir: str | None = None, resume: str | None = None) -> None:
+def train(cfg: RunConfig, run_dir: str | None = None, resume: str | None = None, init_from: str | None = None) -> None:
     """Train a model: a YAML config (--config) plus dotted overrides such as --train.lr 1e-3.
 
     Args:
         run_dir: Run directory (default runs/<name>).
         resume: 'auto' (the newest complete checkpoint of the run directory) or a checkpoint path.
+        init_from: Start from these weights (a run, checkpoint, Hugging Face or mamba_ssm directory) with a new
+            optimizer and schedule; their model config and tokenizer replace model.* and data.tokenizer.
     """
     from .train import train as run_training
 
-    summary = run_training(cfg, run_dir or Path("runs") / cfg.name, resume=resume)
+    summary = run_training(cfg, run_dir or Path("runs") / cfg.name, resume=resume, init_from=init_from)
     print(json.dumps(summary))
 
 
@@ -109,6 +111,33 @@ def quickstart(out: str = "runs/quickstart", family: str = "mamba", steps: int |
     run_quickstart(out, family, steps, tokenizer, eval_tokens, max_length, overrides=overrides, progress=progress)
 
 
+def sweep(config: str | None = None, grid: list[str] | None = None, out: str = "runs/sweep",
+          lengths: list[int] | None = None, eval_tokens: int = 65536, metrics: list[str] | None = None,
+          progress: bool = True, overrides: list[str] | None = None) -> None:
+    """Train every cell of a grid of config values (resumable), evaluate each, and write the table and plots.
+
+    Args:
+        config: YAML config of every cell (a file or a shipped config's name, e.g. paper/fig6_cpu).
+        grid: KEY=V1,V2,... over any config key, e.g. --grid train.seq_len=16,64 --grid state.scheme=zero,previous;
+            the cells are the cartesian product of the --grid options.
+        out: Output directory: cells/ (each cell's run directory), results.md, results.json, plots. Rerun the
+            same command to resume; a changed grid adds its new cells.
+        lengths: Comma-separated evaluation lengths; default 16, 32, ..., 32768 up to what --eval-tokens holds.
+        eval_tokens: Validation tokens evaluated at every length.
+        metrics: Comma-separated metrics (ppl_vs_length is always computed).
+        progress: Show progress bars (--no-progress turns them off).
+        overrides: Dotted config keys for every cell, e.g. --train.steps 500 (given directly, not as a list).
+    """
+    from .sweep import sweep as run_sweep
+
+    eval_cfg = EvalConfig(lengths=lengths, max_tokens=eval_tokens,
+                          metrics=sorted({"ppl_vs_length", *(metrics or [])}))
+    summary = run_sweep(config, grid or [], out, eval_cfg, overrides=overrides, progress=progress)
+    print((Path(out) / "results.md").read_text())
+    for f in summary["files"]:
+        print(f"wrote {f}", file=sys.stderr)
+
+
 def generate(run: str, prompt: str | None = None, prompt_file: str | None = None, max_new_tokens: int = 256,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
              device: str = "auto", chunk: int = 1024) -> None:
@@ -141,11 +170,11 @@ def generate(run: str, prompt: str | None = None, prompt_file: str | None = None
 
 
 def lm_eval(run: str, tasks: list[str], include_path: str | None = None, limit: float | None = None,
-            batch_size: int = 8, output: str | None = None, device: str = "auto", chunk: int = 1024) -> None:
+            batch_size: int = 8, output: str | None = None, device: str = "auto", chunk: int = 1024,
+            eot: str = "\n") -> None:
     """Run lm-evaluation-harness tasks on a run or checkpoint, every document in one stateful pass (no windows).
 
-    Prints the harness's table. Documents are scored whole, at any length, with the chunked recurrence; EOT (the
-    context of an empty context and of a document's first token) is the newline token.
+    Prints the harness's table. Documents are scored whole, at any length, with the chunked recurrence.
 
     Args:
         run: Run directory or checkpoint directory.
@@ -156,16 +185,74 @@ def lm_eval(run: str, tasks: list[str], include_path: str | None = None, limit: 
         output: Write the harness's results JSON here.
         device: auto, cpu, cuda or cuda:N.
         chunk: Tokens per forward call.
+        eot: End-of-text token: the context of a document's first token (default a newline; one token).
     """
     from .lm_eval_adapter import LongSSMLM, evaluate_tasks, results_table
 
     if not run:
         raise UserError("missing argument: run (a run or checkpoint directory)")
-    results = evaluate_tasks(LongSSMLM(run, device=device, batch_size=batch_size, chunk=chunk), tasks, include_path,
-                             limit, output)
+    results = evaluate_tasks(LongSSMLM(run, device=device, batch_size=batch_size, chunk=chunk, eot=eot), tasks,
+                             include_path, limit, output)
     print(results_table(results))
     if output:
         print(f"wrote {output}", file=sys.stderr)
+
+
+def import_checkpoint(path: str, out: str, tokenizer: str | None = None) -> None:
+    """Import a Hugging Face (Mamba, Mamba2) or original mamba_ssm checkpoint directory as a longssm run directory.
+
+    Args:
+        path: Directory with config.json and model.safetensors / pytorch_model.bin (or their .index.json shards).
+        out: Run directory to write (must not exist; written atomically).
+        tokenizer: byte, gpt2 or a tokenizer.json path; default the directory's tokenizer.json.
+    """
+    from .convert import import_checkpoint as run_import
+
+    if not path:
+        raise UserError("missing argument: path (a checkpoint directory)")
+    print(f"wrote {run_import(path, out, tokenizer)}")
+
+
+def export(run: str, out: str, format: Literal["hf"] = "hf") -> None:
+    """Export a run or checkpoint (mamba, mamba2) as a directory that transformers' from_pretrained loads.
+
+    Args:
+        run: Run directory or checkpoint directory.
+        out: Directory to write (must not exist; written atomically).
+        format: hf (config.json + model.safetensors + tokenizer.json, as save_pretrained writes them).
+    """
+    from .convert import export_hf
+
+    if not run:
+        raise UserError("missing argument: run (a run or checkpoint directory)")
+    print(f"wrote {export_hf(run, out)}")
+
+
+def calibrate(run: str, method: Literal["delta_scale", "a_scale"], target_length: int, data: str, out: str,
+              steps: int = 20, lr: float = 0.1, windows: int = 4, chunk: int = 1024) -> None:
+    """Training-free length extension: learn one scale per layer of Δ (delta_scale) or A (a_scale), weights frozen.
+
+    Adam on the log-scales minimises the loss of target-length windows of --data (full-length gradients through the
+    checkpointed chunked recurrence; about 3 forward passes of target_length tokens per step). The output is an
+    ordinary run: the same weights, the scales in its model config.
+
+    Args:
+        run: Run directory or checkpoint directory (mamba or mamba2).
+        method: delta_scale (MambaExtend: Δ per layer) or a_scale (Mamba Modulation: A per layer).
+        target_length: Length L of the calibration windows.
+        data: Calibration text (or .npy token file).
+        out: Run directory to write (must not exist).
+        steps: Adam steps, one window each.
+        lr: Adam learning rate of the log-scales.
+        windows: Consecutive windows of the data cycled through.
+        chunk: Tokens per checkpointed chunk of the recurrence.
+    """
+    from .calibrate import calibrate_run
+
+    if not run:
+        raise UserError("missing argument: run (a run or checkpoint directory)")
+    summary = calibrate_run(run, method, target_length, data, out, steps, lr, windows, chunk)
+    print(json.dumps(summary))
 
 
 @dataclass(frozen=True)
@@ -185,8 +272,12 @@ COMMANDS: dict[str, Command] = {
     "plot": Command(plot, positional=(("results", "+"),)),
     "compare": Command(compare, EvalConfig, positional=(("results", "+"),), aliases=(("--no-cache", "--use_cache=false"),)),
     "quickstart": Command(quickstart),
+    "sweep": Command(sweep),
     "generate": Command(generate, positional=(("run", "?"),)),
     "lm-eval": Command(lm_eval, positional=(("run", "?"),)),
+    "import": Command(import_checkpoint, positional=(("path", "?"),)),
+    "export": Command(export, positional=(("run", "?"),)),
+    "calibrate": Command(calibrate, positional=(("run", "?"),)),
 }
 
 
@@ -249,6 +340,10 @@ def run_command(name: str, args: list[str]) -> None:
         from .config import load_config
 
         load_config(None, overrides)  # a bad key fails now, before any training
+    elif name == "sweep":
+        from .sweep import split_sweep_args
+
+        args, overrides = split_sweep_args(args)
     parser, types = build_parser(name)
     aliases = dict(command.aliases)
     args = [aliases.get(a, a) for a in args]
@@ -261,7 +356,7 @@ def run_command(name: str, args: list[str]) -> None:
     if command.config is not None:
         fields = {f.name for f in dataclasses.fields(command.config)}
         kwargs["cfg"] = build_dataclass(command.config, {k: values.pop(k) for k in list(values) if k in fields})
-    if name == "quickstart":
+    if name in ("quickstart", "sweep"):
         kwargs["overrides"] = overrides
     if name == "eval" and not values.get("run"):
         raise UserError("missing argument: run (a run or checkpoint directory)")

@@ -129,6 +129,12 @@ class ModelConfig(Checked):
     """Smallest initial time step Δ (Mamba-1/2, S5)."""
     dt_max: float = spec(0.1, gt=0)
     """Largest initial time step Δ (Mamba-1/2, S5)."""
+    tie_embeddings: bool = True
+    """The output head is the embedding matrix (false: a separate matrix, as some imported checkpoints have)."""
+    delta_scale: list[float] | None = spec(None, gt=0)
+    """Per-layer multiplier of Δ, one value per layer (Mamba-1/2; set by longssm calibrate); null = 1."""
+    a_scale: list[float] | None = spec(None, gt=0)
+    """Per-layer multiplier of A, one value per layer (Mamba-1/2; set by longssm calibrate); null = 1."""
 
     def check(self) -> None:
         from .models.registry import family_names, is_known_family
@@ -138,6 +144,12 @@ class ModelConfig(Checked):
                             f"got {self.family!r}")
         if self.dt_min > self.dt_max:
             raise UserError(f"model.dt_min must be <= model.dt_max; got {self.dt_min} > {self.dt_max}")
+        for name in ("delta_scale", "a_scale"):
+            scales = getattr(self, name)
+            if scales is not None and len(scales) != self.n_layers:
+                raise UserError(f"model.{name} needs one value per layer ({self.n_layers}); got {len(scales)}")
+            if scales is not None and self.family not in ("mamba", "mamba2"):
+                raise UserError(f"model.{name} applies to the mamba and mamba2 families only; got {self.family!r}")
 
     @property
     def d_inner(self) -> int:

@@ -4,12 +4,28 @@
         x, y        = window k of every stream                        (data/streams.py)
         s_k         = scheme's initial state for window k              (state.py: zero, previous, noise, ...)
         logits, s'  = model(x, s_k)                                    (gradients stop at s_k: it is detached)
-        loss        = cross-entropy(logits, y); AdamW step; clip; warmup + cosine schedule
+        loss        = cross-entropy(logits, y); clip; AdamW step; warmup + cosine schedule
         scheme.observe(s')                                             (carried to window k+1 / fitted stats)
 
-Everything a resume needs — weights, optimizer, scheduler, the step (= data cursor), every stream's carried
-state, fitted-noise statistics and every RNG — is in the checkpoint, so a resumed run continues
+Everything a resume needs — weights, optimizer, scheduler, loss scaler, the step (= data cursor), every stream's
+carried state, fitted-noise statistics and every RNG — is in the checkpoint, so a resumed run continues
 bit-identically.
+
+No host syncs between log steps. A step reads nothing back from the device: batches and the schemes' masks and
+noise are copied in without waiting (``state.host_to_device``), and whether a step is finite (loss, final states
+and gradient norm) is a 0-dim device tensor ``finite`` that is *applied* on the device, not read:
+- the fused AdamW skips its whole update (weights, moments and step count) when ``optimizer.found_inf`` is 1 —
+  the hook ``torch.amp.GradScaler`` uses for fused optimizers;
+- ``scheme.observe(s', finite)`` carries zeros instead of a non-finite step's states (the next window starts
+  from zero) and leaves the fitted statistics unchanged.
+The host reads the steps' losses and flags in one transfer at every log step, checkpoint and the last step; it
+then writes a ``skipped`` record for each non-finite step and stops the run once ``max_bad_steps`` of them came
+in a row. So a run of bad steps is noticed up to ``log_every − 1`` steps late, but it never touched the weights,
+the optimizer or the carried states: those steps were skipped on the device. (The ``on_step`` hook reads every loss.)
+
+``train.dtype float16`` (CUDA) scales the loss with a ``torch.amp.GradScaler``: gradients are unscaled before
+clipping, a step whose gradients overflowed is skipped like any non-finite step (and the scale halved), and the
+scaler's state is part of the checkpoint. ``bfloat16`` needs no scaler; ``float32`` turns autocast off.
 """
 
 from __future__ import annotations
@@ -19,6 +35,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,16 +43,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import yaml
+from torch import Tensor
 
 from . import checkpoint as ckpt_io
 from .config import RunConfig, to_dict
+from .convert import read_pretrained
 from .data.corpus import load_corpus
 from .data.streams import StreamLoader
 from .data.tokenizer import load_tokenizer
 from .errors import UserError
 from .models import build_model
-from .models.base import state_norms
-from .state import StateSchemes
+from .models.base import State, state_norms
+from .state import StateSchemes, host_to_device
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -119,16 +138,32 @@ class MetricsLog:
             self.tb.close()
 
 
-def train(cfg: RunConfig, run_dir: str | Path, resume: str | None = None, on_step=None) -> dict[str, Any]:
+def train(
+    cfg: RunConfig, run_dir: str | Path, resume: str | None = None, on_step: Callable[[int, float], None] | None = None,
+    init_from: str | Path | None = None,
+) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir``. ``resume``: None, "auto" (newest complete checkpoint, if any) or a path.
 
-    Returns a summary dict. ``on_step(step, loss)`` is a hook for tests (e.g. to interrupt a run).
+    ``init_from`` (a run, checkpoint, Hugging Face or mamba_ssm directory, see ``convert.read_pretrained``) starts a
+    new run from those weights with a new optimizer and schedule: its model config and tokenizer replace ``cfg``'s
+    and ``<run_dir>/source.json`` records it. Returns a summary dict.
+
+    ``on_step(step, loss)`` is a hook for tests (e.g. to interrupt a run); it reads the loss of every step back
+    from the device (the loss of a skipped step is the non-finite value itself).
     """
     run_dir = Path(run_dir)
+    pretrained = None
+    if init_from is not None:
+        if _find_resume(run_dir, resume) is not None:
+            raise UserError(f"--init-from starts a new run, but {run_dir} has a checkpoint to resume: drop one of them")
+        pretrained = read_pretrained(init_from)
+        cfg = replace(cfg, model=pretrained.model,
+                      data=replace(cfg.data, tokenizer=pretrained.tokenizer or cfg.data.tokenizer))
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
     device = resolve_device(tc.device)
+    autocast = _autocast(device, tc.dtype)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     cfg = resolve_config(cfg, tokenizer)
     tc = cfg.train
@@ -138,8 +173,14 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: str | None = None, on_ste
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
     model = build_model(cfg.model).to(device)
-    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2))
+    if pretrained is not None:
+        model.load_state_dict(pretrained.weights)
+    # fused: its update can be skipped on the device through ``found_inf`` (see the module docstring)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=True
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, tc) / tc.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=tc.dtype == "float16")  # a no-op unless float16
     schemes = StateSchemes(cfg.state, model.initial_state(tc.batch_size, device=device), seed=tc.seed)
     start, bad_in_a_row = 0, 0
 
@@ -152,6 +193,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: str | None = None, on_ste
         trainer = ckpt_io.load_trainer(ckpt)
         optimizer.load_state_dict(trainer["optimizer"])
         scheduler.load_state_dict(trainer["scheduler"])
+        if trainer.get("scaler"):  # empty when the checkpointed run did not scale its loss
+            scaler.load_state_dict(trainer["scaler"])
         torch.set_rng_state(trainer["torch_rng"])
         if device.type == "cuda" and "cuda_rng" in trainer:
             torch.cuda.set_rng_state(trainer["cuda_rng"])
@@ -161,14 +204,17 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: str | None = None, on_ste
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if pretrained is not None:
+        (run_dir / "source.json").write_text(json.dumps({"init_from": pretrained.source["path"],
+                                                         "format": pretrained.source["format"]}, indent=1))
     log = MetricsLog(run_dir, start)
     step_model = torch.compile(model) if tc.compile else model
-    autocast = _autocast(device, tc.dtype)
 
     def save(path: Path, step: int) -> None:
         trainer_state = {
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "step": step,
             "bad_in_a_row": bad_in_a_row,
@@ -181,67 +227,74 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: str | None = None, on_ste
 
     bar = tqdm(total=tc.steps, initial=start, desc=cfg.name, disable=not tc.progress, dynamic_ncols=True)
     tokens_per_step = tc.batch_size * tc.seq_len
-    t_last, n_since, loss_sum = time.perf_counter(), 0, 0.0
-    last_loss = float("nan")
+    unread: list[tuple[Tensor, Tensor]] = []  # (loss, finite) of the steps the host has not read yet
+    losses: list[float] = []  # finite losses since the last metrics record
+    t_last, n_since, last_loss = time.perf_counter(), 0, float("nan")
     model.train()
     for step in range(start, tc.steps):
         batch = loader.batch(step)
-        x, y = batch.x.to(device), batch.y.to(device)
+        x, y = host_to_device(batch.x, device), host_to_device(batch.y, device)
         init = schemes.initial(batch)
         with autocast:
             logits, final = step_model(x, init)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        finite = bool(torch.isfinite(loss)) and all(bool(torch.isfinite(v).all()) for v in final.values())
-        if finite:
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
-            finite = bool(torch.isfinite(grad_norm))
-        if finite:
-            optimizer.step()
-            schemes.observe(final)
-            bad_in_a_row = 0
-        else:
-            bad_in_a_row += 1
-            schemes.forget()
-            log.write({"step": step + 1, "skipped": True, "reason": "non-finite loss, state or gradient"})
-            bar.write(f"step {step + 1}: non-finite loss/state/gradient, step skipped ({bad_in_a_row} in a row)")
-            if bad_in_a_row >= tc.max_bad_steps:
-                bar.close()
-                log.close()
-                raise UserError(
-                    f"training stopped: {bad_in_a_row} non-finite steps in a row at step {step + 1} "
-                    f"(last good checkpoint: {ckpt_io.latest_checkpoint(run_dir) or 'none'}); try a lower train.lr"
-                )
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
+        finite = torch.isfinite(loss) & torch.isfinite(grad_norm) & all_finite(final)
+        optimizer.found_inf = (~finite).float()  # 1: the fused update is skipped on the device
+        optimizer.step()
+        scaler.update()  # float16: halve the scale after an overflow, double it after 2000 clean steps
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        loss_value = float(loss.detach())
-        last_loss = loss_value if finite else last_loss
-        loss_sum += loss_value if finite else 0.0
+        schemes.observe(final, finite)
+        unread.append((loss.detach(), finite))
         n_since += 1
         done = step + 1
         if on_step is not None:
-            on_step(done, loss_value)
+            on_step(done, loss.item())
 
-        if done % tc.log_every == 0 or done == tc.steps:
+        log_due = done % tc.log_every == 0 or done == tc.steps
+        checkpoint_due = tc.checkpoint_every > 0 and done % tc.checkpoint_every == 0 and done < tc.steps
+        if log_due or checkpoint_due:  # the only place where the host waits for the device
+            for s, (value, ok) in enumerate(read_back(unread), start=done - len(unread) + 1):
+                if ok:
+                    bad_in_a_row, last_loss = 0, value
+                    losses.append(value)
+                    continue
+                bad_in_a_row += 1
+                log.write({"step": s, "skipped": True, "reason": "non-finite loss, state or gradient"})
+                bar.write(f"step {s}: non-finite loss/state/gradient, step skipped ({bad_in_a_row} in a row)")
+                if bad_in_a_row >= tc.max_bad_steps:
+                    bar.close()
+                    log.close()
+                    raise UserError(
+                        f"training stopped: {bad_in_a_row} non-finite steps in a row at step {s} "
+                        f"(last good checkpoint: {ckpt_io.latest_checkpoint(run_dir) or 'none'}); try a lower train.lr"
+                    )
+            unread.clear()
+        if log_due:
             now = time.perf_counter()
             tok_s = n_since * tokens_per_step / max(now - t_last, 1e-9)
+            mean_loss = sum(losses) / len(losses) if losses else None  # None: every step since the last was skipped
             record = {
                 "step": done,
-                "loss": loss_sum / n_since,
+                "loss": mean_loss,
                 "lr": scheduler.get_last_lr()[0],
                 "tokens": done * tokens_per_step,
                 "tokens_per_s": tok_s,
                 "state_max_abs": state_norms(final),
             }
             log.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tok_s:,.0f}")
-            t_last, n_since, loss_sum = now, 0, 0.0
+            bar.set_postfix(loss=f"{math.nan if mean_loss is None else mean_loss:.3f}", tok_s=f"{tok_s:,.0f}")
+            t_last, n_since = now, 0
+            losses.clear()
         if tc.eval_every and done % tc.eval_every == 0:
             val = validate(model, cfg, tokenizer, device)
             log.write({"step": done, "val_ppl_at_T": val})
             bar.write(f"step {done}: validation ppl @ T={tc.seq_len}: {val:.3f}")
             model.train()
-        if tc.checkpoint_every and done % tc.checkpoint_every == 0 and done < tc.steps:
+        if checkpoint_due:
             save(run_dir / "checkpoints" / f"step-{done:08d}", done)
             ckpt_io.prune(run_dir, tc.keep_last)
         bar.update(1)
@@ -253,6 +306,19 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: str | None = None, on_ste
     ckpt_io.save_checkpoint(run_dir / "final", model, cfg, final_step)
     log.close()
     return {"run_dir": str(run_dir), "steps": final_step, "final_loss": last_loss, "batch_size": tc.batch_size}
+
+
+def all_finite(state: State) -> Tensor:
+    """0-dim bool tensor on the state's device: every value of every state tensor is finite (not read back)."""
+    return torch.stack([torch.isfinite(v).all() for v in state.values()]).all()
+
+
+def read_back(unread: list[tuple[Tensor, Tensor]]) -> list[tuple[float, bool]]:
+    """The (loss, finite) of each step in ``unread``, copied from the device in one transfer (one host sync)."""
+    if not unread:
+        return []
+    rows = torch.stack([torch.stack((loss, finite.to(loss.dtype))) for loss, finite in unread]).tolist()
+    return [(value, bool(ok)) for value, ok in rows]
 
 
 def _find_resume(run_dir: Path, resume: str | None) -> Path | None:

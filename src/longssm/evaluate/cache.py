@@ -30,6 +30,13 @@ def file_hash(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+def model_hash(weights: str | Path, model_config: dict) -> str:
+    """The model's identity for the cache: its weights file and its architecture config. A calibrated run shares
+    its source's weights byte for byte but not its Δ/A scales, so the config must be part of the key."""
+    blob = json.dumps({"weights": file_hash(weights), "model": model_config}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 class EvalCache:
     """``cache.get_or_compute(metric, L, settings, compute)``; ``directory=None`` disables caching.
 

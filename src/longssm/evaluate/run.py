@@ -26,12 +26,12 @@ from typing import Any
 import torch
 
 from ..checkpoint import is_complete, load_model
-from ..config import DEFAULT_LENGTHS, EvalConfig
+from ..config import DEFAULT_LENGTHS, EvalConfig, to_dict
 from ..data.corpus import load_corpus
 from ..data.tokenizer import load_tokenizer
 from ..errors import UserError
 from ..train import resolve_device
-from .cache import EvalCache, file_hash
+from .cache import EvalCache, model_hash
 from .context import EvalContext
 from .perplexity import default_tokens_per_forward, eval_token_count
 from .plots import plot_all
@@ -70,7 +70,7 @@ def evaluate_run(run: str | Path, cfg: EvalConfig, progress: bool = True) -> Res
         raise UserError(f"data file {corpus.source} holds {len(corpus.tokens)} token(s): nothing to evaluate")
     lengths = cfg.lengths or default_lengths(len(corpus.tokens), cfg.max_tokens)
     cache = EvalCache((cfg.cache_dir or default_cache_dir(run)) if cfg.use_cache else None,
-                      file_hash(ckpt / "model.safetensors"), corpus.digest)
+                      model_hash(ckpt / "model.safetensors", to_dict(run_cfg.model)), corpus.digest)
     ctx = EvalContext(
         cfg=cfg, model=model, tokenizer=tokenizer, tokens=corpus.tokens, train_seq_len=run_cfg.train.seq_len,
         lengths=lengths, n_targets=eval_token_count(len(corpus.tokens), lengths, cfg.max_tokens),

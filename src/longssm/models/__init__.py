@@ -17,10 +17,12 @@ from .lm import RecurrentLM
 from .registry import get_family
 
 
-def build_model(config: ModelConfig, *, tie_embeddings: bool = True) -> RecurrentLM:
-    """The language model of ``config.family`` (``config.vocab_size`` must be set); see ``RecurrentLM``."""
+def build_model(config: ModelConfig, *, tie_embeddings: bool | None = None) -> RecurrentLM:
+    """The language model of ``config.family`` (``config.vocab_size`` must be set); see ``RecurrentLM``.
+    ``tie_embeddings``: None = ``config.tie_embeddings``."""
     family = get_family(config.family)
-    return RecurrentLM(config, family.block, norm=family.norm, tie_embeddings=tie_embeddings)
+    tie = config.tie_embeddings if tie_embeddings is None else tie_embeddings
+    return RecurrentLM(config, family.block, norm=family.norm, tie_embeddings=tie)
 
 
 __all__ = ["RecurrentLM", "State", "StatefulLM", "build_model"]

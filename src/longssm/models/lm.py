@@ -75,6 +75,19 @@ def resolve_scan(scan: str, device: torch.device) -> Literal["chunked", "referen
     raise UserError(f"model.scan must be auto, chunked or reference; got {scan!r}")
 
 
+def register_length_scales(mixer: nn.Module, config: ModelConfig, layer_idx: int) -> None:
+    """Give a Mamba mixer its calibrated multipliers of Δ and A (``model.delta_scale``, ``model.a_scale`` of layer
+    ``layer_idx``; 1 when unset) as 0-dim buffers ``delta_scale`` and ``a_scale``.
+
+    They are non-persistent: they live in the config, not in the weights file (so HF export and strict loading see
+    the same tensors as before), and ``calibrate.py`` replaces them by tensors with gradients through
+    ``torch.func.functional_call``. Multiplying by 1 is exact, so an uncalibrated model is unchanged bit for bit.
+    """
+    for name in ("delta_scale", "a_scale"):
+        scales = getattr(config, name)
+        mixer.register_buffer(name, torch.tensor(1.0 if scales is None else scales[layer_idx]), persistent=False)
+
+
 class ResidualBlock(nn.Module):
     """Pre-norm residual layer: x ← x + mixer(norm(x), state). (b, l, d) -> (b, l, d).
 

@@ -12,6 +12,7 @@ Glossary
     b  batch       l  sequence length       d  d_model          e  d_inner = expand · d
     n  d_state     k  d_conv                r  dt_rank          V  vocab_size
     Δ  time step (b, l, e)    A  (e, n), A = -exp(A_log)    B, C  (b, l, n)    D  (e,)
+    s_Δ, s_A  this layer's multipliers of Δ and A (model.delta_scale / a_scale, set by ``longssm calibrate``; 1)
 
 Block (Fig. 3, right):   x ← x + out_proj( SSM( silu(conv1d(in_proj_x(norm(x)))) ) · silu(in_proj_z(norm(x))) )
 (the residual and the norm are the shell's; ``MambaMixer`` is everything inside ``x + ...``).
@@ -37,7 +38,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from ..ops.selective_scan import selective_scan
 from .layers import CausalDepthwiseConv1d
-from .lm import resolve_scan
+from .lm import register_length_scales, resolve_scan
 
 
 class MambaMixer(nn.Module):
@@ -57,6 +58,7 @@ class MambaMixer(nn.Module):
         self.A_log = nn.Parameter(torch.empty(e, n))
         self.D = nn.Parameter(torch.empty(e))
         self.out_proj = nn.Linear(e, d, bias=False)
+        register_length_scales(self, config, layer_idx)  # s_Δ, s_A: 1 unless calibrated
         self.reset_ssm_parameters(config.dt_min, config.dt_max)
         with torch.no_grad():  # as the official ``_init_weights``: the residual branch scaled by 1/sqrt(n_layers)
             self.out_proj.weight.div_(math.sqrt(config.n_layers))
@@ -85,7 +87,10 @@ class MambaMixer(nn.Module):
         # Selection (Alg. 2): Δ, B, C depend on the input.
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = dt @ self.dt_proj.weight.t()  # (b, l, e); bias and softplus are applied in the scan
-        A = -torch.exp(self.A_log)  # (e, n)
+        # Calibrated length extension: Δ·s_Δ enters exp(ΔA) and ΔB (Eq. 4, ZOH's B̅ too), so it is applied as
+        # A·s_Δ and B·s_Δ (the scan takes Δ before its softplus); s_A multiplies A alone.
+        A = -torch.exp(self.A_log) * (self.a_scale * self.delta_scale)  # (e, n)
+        B = B * self.delta_scale
         y, ssm_state = selective_scan(
             x, delta, A, B, C, D=self.D, z=z, delta_bias=self.dt_proj.bias, delta_softplus=True,
             initial_state=state["ssm"], impl=resolve_scan(self.config.scan, hidden.device),

@@ -15,9 +15,10 @@ Glossary (code letter -> paper symbol)
     b  batch          l  sequence length      d  d_model (D)         e  d_inner = expand * d (= h p)
     h  heads = e / p  p  head_dim (P)         n  d_state (N)         g  n_groups of B, C (h % g == 0)
     k  d_conv, the causal convolution width (K)                      v  vocab_size (V)
-    Δ  dt (b, l, h): softplus(in_proj Δ part + dt_bias)              A = -exp(A_log) (h,): one scalar per head
+    Δ  dt (b, l, h): softplus(in_proj Δ part + dt_bias) s_Δ          A = -exp(A_log) s_A (h,): one scalar per head
     B, C  (b, l, g, n): input-dependent state projections            D  (h,): skip connection
     z  (b, l, e): the gate                                           xBC: x, B, C before the convolution
+    s_Δ, s_A  this layer's multipliers of Δ and A (model.delta_scale / a_scale, set by ``longssm calibrate``; 1)
 
 The block ([1] Fig. 6, "parallel" projections):
     z, xBC, Δ = in_proj(u)                             (one matmul; split in this order: e, e + 2 g n, h)
@@ -43,7 +44,7 @@ from ..config import ModelConfig
 from ..errors import UserError
 from ..ops.ssd import ssd_chunked, ssd_ref
 from .layers import CausalDepthwiseConv1d
-from .lm import resolve_scan
+from .lm import register_length_scales, resolve_scan
 
 
 class GatedRMSNorm(nn.Module):
@@ -87,6 +88,7 @@ class Mamba2Mixer(nn.Module):
         self.D = nn.Parameter(torch.empty(self.n_heads))
         self.norm = GatedRMSNorm(e, group_size=e // g, eps=config.norm_eps)
         self.out_proj = nn.Linear(e, d, bias=False)
+        register_length_scales(self, config, layer_idx)  # s_Δ, s_A: 1 unless calibrated
         self.reset_ssm_parameters(config.dt_min, config.dt_max)
         with torch.no_grad():  # [2]'s ``_init_weights``: out_proj (kaiming uniform) scaled by 1/sqrt(n_layers)
             self.out_proj.weight.div_(math.sqrt(config.n_layers))
@@ -115,8 +117,8 @@ class Mamba2Mixer(nn.Module):
         xBC, conv_state = self.conv1d(xBC, state["conv"])          # [1] Fig. 6 "Conv", continued from the state
         x, B, C = F.silu(xBC).split([e, g * n, g * n], dim=-1)
 
-        dt = F.softplus(dt + self.dt_bias)                                             # Δ (b, l, h)
-        A = -torch.exp(self.A_log)                                                     # (h,)
+        dt = F.softplus(dt + self.dt_bias) * self.delta_scale                          # Δ (b, l, h)
+        A = -torch.exp(self.A_log) * self.a_scale                                      # (h,)
         args = (x.reshape(b, l, h, p), dt, A, B.reshape(b, l, g, n), C.reshape(b, l, g, n))
         if resolve_scan(self.config.scan, u.device) == "chunked":
             y, ssm_state = ssd_chunked(*args, D=self.D, initial_state=state["ssm"], chunk_size=self.config.chunk_size)
