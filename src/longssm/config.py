@@ -119,8 +119,8 @@ class ModelConfig(Checked):
     """Number of B/C groups (Mamba-2)."""
     chunk_size: int = spec(64, ge=1)
     """Chunk length of the chunked scans (Mamba-2 SSD, S5); the Mamba-1 chunked scan sizes its blocks itself."""
-    scan: Literal["auto", "chunked", "reference"] = "auto"
-    """Scan implementation of every family: auto (best for the device), chunked (fast, exact) or reference (loop)."""
+    scan: Literal["auto", "chunked", "reference", "triton"] = "auto"
+    """Scan: auto (best for the device), chunked (fast), reference (loop), triton (Mamba-1 GPU kernel; else chunked)."""
     norm_eps: float = spec(1e-5, gt=0)
     """RMSNorm / LayerNorm epsilon."""
     dropout: float = spec(0.0, ge=0, le=1)

@@ -25,7 +25,7 @@ one pass.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Literal, Protocol
 
 import torch
@@ -50,7 +50,7 @@ class RecurrentBlock(Protocol):
     complex state with ``torch.view_as_real``). ``forward`` maps the normed residual stream and the state
     before the first token to the block's output and the state after the last token, with the same keys
     and shapes; the returned tensors must be contiguous (safetensors saves them as they are). A block that
-    has more than one implementation picks it at call time with ``resolve_scan(config.scan, x.device)``.
+    has more than one implementation picks it at call time with ``resolve_scan(config.scan, x.device, kernels)``.
     """
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None: ...
@@ -62,17 +62,34 @@ class RecurrentBlock(Protocol):
         ...
 
 
-def resolve_scan(scan: str, device: torch.device) -> Literal["chunked", "reference"]:
-    """The implementation ``model.scan`` selects on ``device``: ``auto`` is ``chunked`` on every device for now.
+def resolve_scan(
+    scan: str, device: torch.device, kernels: Collection[str] = ()
+) -> Literal["chunked", "reference", "triton"]:
+    """The implementation ``model.scan`` selects on ``device`` for a family whose GPU kernels are ``kernels``.
 
     ``chunked`` is the fast exact algorithm of each family (blocked scans, ``nn.GRU``), ``reference`` the plain
-    sequential loop of the same equations, kept as its oracle.
+    sequential loop of the same equations, kept as its oracle, ``triton`` a GPU kernel (Mamba-1 only: it passes
+    ``kernels=("triton",)``; every other family runs ``chunked`` for ``triton``). ``auto`` is ``chunked``: the Triton
+    kernel is opt-in until it has been verified on real GPU hardware (its tests run under the interpreter and
+    compile it for sm_90, but no GPU was available to run it). Triton kernels run on CUDA, or on the CPU
+    when ``TRITON_INTERPRET=1`` was set before they were imported (Triton's interpreter: slow, for tests).
     """
-    if scan == "auto":
-        return "chunked"
+    if scan not in ("auto", "chunked", "reference", "triton"):
+        raise UserError(f"model.scan must be auto, chunked, reference or triton; got {scan!r}")
     if scan in ("chunked", "reference"):
         return scan
-    raise UserError(f"model.scan must be auto, chunked or reference; got {scan!r}")
+    if "triton" not in kernels:
+        return "chunked"
+    if scan == "auto":
+        return "chunked"
+    try:
+        from ..ops import selective_scan_triton
+    except ImportError as err:
+        raise UserError("model.scan triton needs the triton package: pip install longssm[gpu]") from err
+    if device.type != "cuda" and not selective_scan_triton.INTERPRETED:
+        raise UserError(f"model.scan triton runs on CUDA devices (or on the CPU under TRITON_INTERPRET=1); "
+                        f"the model is on {device.type}: use model.scan chunked")
+    return "triton"
 
 
 def register_length_scales(mixer: nn.Module, config: ModelConfig, layer_idx: int) -> None:

@@ -233,9 +233,15 @@ def selective_scan(
     impl: str = "chunked",
     chunk_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Dispatch to :func:`selective_scan_fast` (``impl="chunked"``) or :func:`selective_scan_ref` (``"reference"``)."""
+    """Dispatch to :func:`selective_scan_fast` (``impl="chunked"``), :func:`selective_scan_ref` (``"reference"``) or
+    the Triton kernels of ``selective_scan_triton`` (``"triton"``: CUDA tensors, or CPU under ``TRITON_INTERPRET=1``;
+    imported only then, so that triton stays optional). ``chunk_size``: time steps per block / per saved state."""
     if impl == "chunked":
         return selective_scan_fast(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, chunk_size)
     if impl == "reference":
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
-    raise ValueError(f"impl must be 'chunked' or 'reference'; got {impl!r}")
+    if impl == "triton":
+        from .selective_scan_triton import selective_scan_triton
+
+        return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, chunk_size)
+    raise ValueError(f"impl must be 'chunked', 'reference' or 'triton'; got {impl!r}")
