@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,3 +43,83 @@ def tiny_overrides(corpus: Path, cache: Path, **extra) -> dict:
         section, key = dotted.split("__")
         cfg.setdefault(section, {})[key] = value
     return cfg
+
+
+def longssm(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the real command line in a child process (one CPU thread)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "longssm", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def tiny_train_args(corpus: Path, cache: Path, run_dir: Path, *extra: str) -> list[str]:
+    """``longssm train`` arguments for a tiny Mamba trained for 6 steps on ``corpus``."""
+    return ["train", "--run-dir", str(run_dir), "--no-progress", "--data.train", str(corpus), "--data.valid", str(corpus),
+            "--data.cache_dir", str(cache), "--model.d_model", "16", "--model.n_layers", "1", "--model.d_state", "4",
+            "--train.seq_len", "8", "--train.batch_size", "4", "--train.steps", "6", "--train.warmup_steps", "1", *extra]
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, needle: str, code: int | None = None) -> None:
+    """A non-zero exit (``code`` when given), no traceback, and one stderr line: an error that contains ``needle``."""
+    assert proc.returncode != 0 and proc.returncode == (code if code is not None else proc.returncode), proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "error" in lines[0], proc.stderr
+    assert needle in lines[0], lines[0]
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` (relative path -> digest): compare before and after to prove nothing
+    was written, deleted or changed."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+FORK_SERVER = r"""
+import json, os, runpy, sys, traceback
+
+# what the commands import (torch, matplotlib, jsonargparse, ...), once; each command runs in a fresh fork
+import jsonargparse, longssm.cli, longssm.cli_parsing, longssm.evaluate.run, longssm.train
+
+for line in sys.stdin:
+    argv, stdout, stderr = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(os.open(stdout, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 1)
+        os.dup2(os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+        sys.argv = ["longssm", *argv]
+        try:  # what `python -m longssm` does, down to how the interpreter reports an uncaught exception
+            runpy.run_module("longssm", run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
+
+
+class ForkedCli:
+    """Runs ``python -m longssm ARGS`` in a child process forked from a server that imported torch once, so a
+    command that fails early costs milliseconds, not the second or two of starting Python and torch. One command
+    at a time; returns what ``longssm()`` returns."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        self.server = subprocess.Popen([sys.executable, "-c", FORK_SERVER], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, text=True, env=env)
+
+    def __call__(self, *args: str) -> subprocess.CompletedProcess:
+        out, err = self.workdir / "stdout", self.workdir / "stderr"
+        self.server.stdin.write(json.dumps([list(args), str(out), str(err)]) + "\n")
+        self.server.stdin.flush()
+        code = int(self.server.stdout.readline())
+        return subprocess.CompletedProcess(["longssm", *args], code, out.read_text(), err.read_text())
+
+    def close(self) -> None:
+        self.server.stdin.close()
+        self.server.wait(timeout=60)

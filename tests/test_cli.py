@@ -3,33 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def longssm(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "longssm", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
-
-
-def tiny_train_args(corpus: Path, cache: Path, run_dir: Path, *extra: str) -> list[str]:
-    return ["train", "--run-dir", str(run_dir), "--no-progress", "--data.train", str(corpus), "--data.valid", str(corpus),
-            "--data.cache_dir", str(cache), "--model.d_model", "16", "--model.n_layers", "1", "--model.d_state", "4",
-            "--train.seq_len", "8", "--train.batch_size", "4", "--train.steps", "6", "--train.warmup_steps", "1", *extra]
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and "error" in lines[0], proc.stderr
-    assert needle in lines[0], lines[0]
+from conftest import assert_one_line_error, longssm, tiny_train_args
 
 
 def test_train_eval_plot_end_to_end(tmp_path, corpus_file):

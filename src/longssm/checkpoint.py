@@ -21,17 +21,18 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import RunConfig, from_dict, to_dict
@@ -39,6 +40,10 @@ from .data.paths import resolve_path
 from .errors import UserError
 
 META = "meta.json"
+PARTIAL_PREFIXES = (".tmp-", ".old-")
+"""Names of a save in progress: the checkpoint being written, the one it replaces (``save_checkpoint``)."""
+RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "source.json", "checkpoints", "final", "tensorboard", "eval_cache")
+"""What a training writes into its run directory (``train --overwrite`` deletes these)."""
 
 
 def save_weights(model: torch.nn.Module, path: str | Path) -> None:
@@ -57,10 +62,14 @@ def save_weights(model: torch.nn.Module, path: str | Path) -> None:
 
 
 def read_weights(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """The state dict ``save_weights`` wrote, every tied name included."""
-    with safe_open(str(path), framework="pt", device=str(device)) as f:
-        tied = json.loads((f.metadata() or {}).get("tied", "{}"))
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    """The state dict ``save_weights`` wrote, every tied name included; ``UserError`` naming ``path`` when the
+    file is missing, truncated or not safetensors."""
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            tied = json.loads((f.metadata() or {}).get("tied", "{}"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, SafetensorError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read weights {path}: {_first_line(e)} (truncated or corrupted file?)") from None
     for alias, source in tied.items():
         tensors[alias] = tensors[source]
     return tensors
@@ -68,7 +77,12 @@ def read_weights(path: str | Path, device: str | torch.device = "cpu") -> dict[s
 
 def load_weights(model: torch.nn.Module, path: str | Path, device: str | torch.device = "cpu") -> None:
     """Inverse of ``save_weights``: every name the model expects must be present (strict)."""
-    tensors = read_weights(path, device)
+    apply_weights(model, read_weights(path, device), path)
+
+
+def apply_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Load ``tensors`` (read from ``path``) into ``model``, strictly; ``UserError`` naming ``path`` if they do not
+    fit."""
     try:
         _unwrap(model).load_state_dict(tensors, strict=True)
     except RuntimeError as e:
@@ -84,25 +98,37 @@ def save_checkpoint(
     states: dict[str, torch.Tensor] | None = None,
     before_rename=None,
 ) -> Path:
-    """Write a checkpoint directory atomically (temporary directory, then rename). Returns ``path``."""
+    """Write a checkpoint directory atomically (temporary directory, then rename). Returns ``path``.
+
+    ``meta.json`` (written last) lists the files, so a checkpoint that lost one is not complete (``is_complete``).
+    A write that fails (a full disk, ...) or is interrupted removes its temporary directory: an ``OSError`` naming
+    ``path`` (or the ``KeyboardInterrupt``) propagates and whatever was at ``path`` before is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
+    tmp = path.parent / f"{PARTIAL_PREFIXES[0]}{path.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_weights(model, tmp / "model.safetensors")
-    if states:
-        save_file(states, str(tmp / "states.safetensors"))
-    if trainer is not None:
-        torch.save(trainer, tmp / "trainer.pt")
-    (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    (tmp / META).write_text(json.dumps({"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "format": 1}))
+    try:
+        save_weights(model, tmp / "model.safetensors")
+        if states:
+            save_file(states, str(tmp / "states.safetensors"))
+        if trainer is not None:
+            torch.save(trainer, tmp / "trainer.pt")
+        (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        files = sorted(f.name for f in tmp.iterdir())
+        meta = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "format": 1, "files": files}
+        (tmp / META).write_text(json.dumps(meta))
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, (OSError, RuntimeError, SafetensorError)):  # torch.save reports a failed write as RuntimeError
+            raise OSError(f"cannot write checkpoint {path}: {_first_line(e)}") from e
+        raise
     if before_rename is not None:  # test hook: simulate a crash between writing and publishing
         before_rename(tmp)
     old = None
     if path.exists():
-        old = path.parent / f".old-{path.name}-{os.getpid()}"
+        old = path.parent / f"{PARTIAL_PREFIXES[1]}{path.name}-{os.getpid()}"
         os.replace(path, old)
     os.replace(tmp, path)
     if old is not None:
@@ -149,8 +175,22 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
+def incomplete(path: Path) -> str | None:
+    """Why ``path`` is not a published checkpoint directory with its ``meta.json`` and every file that lists (its
+    weights at least), or None when it is one. Cheap: the files are not read (``read_training_checkpoint`` is)."""
+    if not path.is_dir() or path.name.startswith("."):
+        return "not a checkpoint directory"
+    try:
+        files = json.loads((path / META).read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):  # missing, unreadable or not a JSON object
+        return f"no readable {META}"
+    missing = [name for name in ["model.safetensors", *files] if not (path / name).is_file()]
+    return f"{missing[0]} is missing" if missing else None
+
+
 def is_complete(path: Path) -> bool:
-    return path.is_dir() and not path.name.startswith(".") and (path / META).is_file() and (path / "model.safetensors").is_file()
+    """``path`` is a complete checkpoint directory (see ``incomplete``)."""
+    return incomplete(path) is None
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -176,10 +216,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise UserError(f"no such run or checkpoint: {path}")
-    if is_complete(path):
-        return path
-    if is_complete(path / "final"):
-        return path / "final"
+    for ckpt in (path, path / "final"):
+        if (ckpt / META).exists() or (ckpt / "model.safetensors").exists():  # a checkpoint, complete or damaged
+            problem = incomplete(ckpt)
+            if problem is not None:
+                raise UserError(f"checkpoint {ckpt} is incomplete: {problem}")
+            return ckpt
     latest = latest_checkpoint(path)
     if latest is None:
         raise UserError(f"{path} holds no complete checkpoint (expected final/ or checkpoints/step-*/ with {META})")
@@ -187,10 +229,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def read_config(ckpt: Path) -> RunConfig:
+    """The checkpoint's ``config.yaml``; ``UserError`` naming it when it is missing, unreadable or not a config."""
+    path = ckpt / "config.yaml"
     try:
-        return from_dict(RunConfig, yaml.safe_load((ckpt / "config.yaml").read_text()))
+        return from_dict(RunConfig, yaml.safe_load(path.read_text()))
     except FileNotFoundError:
         raise UserError(f"checkpoint {ckpt} has no config.yaml") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, UserError) as e:
+        raise UserError(f"cannot read {path}: {_first_line(e)}") from None
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, RunConfig, Path]:
@@ -205,9 +251,86 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
 
 
 def load_trainer(ckpt: Path) -> dict[str, Any]:
-    return torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=True)
+    """``trainer.pt`` (tensors and plain data, so ``weights_only=True``); ``UserError`` naming it when it is missing
+    or unreadable."""
+    path = ckpt / "trainer.pt"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # its message suggests weights_only=False: never for a file we cannot trust
+        raise UserError(f"cannot read {path}: damaged, or holds more than tensors and plain data") from None
+    except Exception as e:  # a truncated file fails inside torch.load with several exception types
+        raise UserError(f"cannot read {path}: {_first_line(e)}") from None
 
 
 def load_states(ckpt: Path) -> dict[str, torch.Tensor]:
-    f = ckpt / "states.safetensors"
-    return load_file(str(f)) if f.is_file() else {}
+    """``states.safetensors`` (``{}`` when the checkpoint has none); ``UserError`` naming it when it is unreadable."""
+    path = ckpt / "states.safetensors"
+    if not path.is_file():
+        return {}
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError) as e:
+        raise UserError(f"cannot read {path}: {_first_line(e)}") from None
+
+
+@dataclass
+class TrainingCheckpoint:
+    """Everything ``--resume`` restores, read from disk and checked before any of it is applied."""
+
+    path: Path
+    config: RunConfig
+    weights: dict[str, torch.Tensor]
+    trainer: dict[str, Any]
+    """Optimizer, scheduler, scaler, RNG states, step (as ``train`` saves them)."""
+    states: dict[str, torch.Tensor]
+    """The state schemes' ``state_dict`` (carried states, fitted statistics, RNG)."""
+
+
+def read_training_checkpoint(ckpt: Path) -> TrainingCheckpoint:
+    """Read every file of a ``step-*`` checkpoint; ``UserError`` naming the first one missing or damaged."""
+    problem = incomplete(ckpt)
+    if problem is not None:
+        raise UserError(f"{ckpt} is not a complete checkpoint: {problem}")
+    for name in ("trainer.pt", "states.safetensors"):
+        if not (ckpt / name).is_file():
+            raise UserError(f"{ckpt} has no {name}: it holds weights only and cannot be resumed")
+    trainer = load_trainer(ckpt)
+    if not isinstance(trainer, dict) or "step" not in trainer:
+        raise UserError(f"{ckpt / 'trainer.pt'} is not a longssm trainer state")
+    return TrainingCheckpoint(ckpt, read_config(ckpt), read_weights(ckpt / "model.safetensors"), trainer,
+                              load_states(ckpt))
+
+
+def holds_run(run_dir: Path) -> str | None:
+    """What marks ``run_dir`` as holding a run ("a finished run", "a run"), or None."""
+    if is_complete(run_dir / "final"):
+        return "a finished run"
+    if any((run_dir / name).exists() for name in RUN_ENTRIES):
+        return "a run"
+    return None
+
+
+def clear_run(run_dir: Path) -> None:
+    """Delete what a training wrote into ``run_dir`` (``RUN_ENTRIES``): ``train --overwrite``. Other files stay."""
+    for name in RUN_ENTRIES:
+        entry = run_dir / name
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        elif entry.exists():
+            entry.unlink()
+
+
+def remove_partial(run_dir: Path) -> list[Path]:
+    """Delete the temporary directories that killed saves left in ``run_dir`` and its ``checkpoints/``; returns
+    them. (A live save of the same run in another process would lose its temporary directory: do not train two
+    processes into one run directory.)"""
+    found = [p for d in (run_dir, run_dir / "checkpoints") if d.is_dir() for p in sorted(d.iterdir())
+             if p.is_dir() and p.name.startswith(PARTIAL_PREFIXES)]
+    for p in found:
+        shutil.rmtree(p, ignore_errors=True)
+    return found
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an exception's message (library errors can span many lines)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]

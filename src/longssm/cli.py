@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from .config import EvalConfig, RunConfig
 from .errors import UserError
 
 
-def train(cfg: RunConfig, run_dir: str | None = None, resume: str | None = None, init_from: str | None = None) -> None:
+def train(cfg: RunConfig, run_dir: str | None = None, resume: str | None = None, init_from: str | None = None,
+          overwrite: bool = False) -> None:
     """Train a model: a YAML config (--config) plus dotted overrides such as --train.lr 1e-3.
 
     Args:
@@ -27,11 +29,14 @@ def train(cfg: RunConfig, run_dir: str | None = None, resume: str | None = None,
         resume: 'auto' (the newest complete checkpoint of the run directory) or a checkpoint path.
         init_from: Start from these weights (a run, checkpoint, Hugging Face or mamba_ssm directory) with a new
             optimizer and schedule; their model config and tokenizer replace model.* and data.tokenizer.
+        overwrite: Replace the run already in the run directory (its checkpoints, final/ and metrics are deleted).
     """
     from .train import train as run_training
 
-    summary = run_training(cfg, run_dir or Path("runs") / cfg.name, resume=resume, init_from=init_from)
-    print(json.dumps(summary))
+    summary = run_training(cfg, run_dir or Path("runs") / cfg.name, resume=resume, init_from=init_from,
+                           overwrite=overwrite)
+    if _is_main_process():
+        print(json.dumps(summary))
 
 
 def evaluate(run: str, cfg: EvalConfig, json_out: str | None = None, plots: str | None = None,
@@ -91,14 +96,14 @@ def compare(results: list[str], out: str, cfg: EvalConfig, progress: bool = True
         print(f"wrote {f}", file=sys.stderr)
 
 
-def quickstart(out: str = "runs/quickstart", family: str = "mamba", steps: int | None = None, tokenizer: str = "byte",
-               eval_tokens: int = 65536, max_length: int = 32768, progress: bool = True,
+def quickstart(out: str = "runs/quickstart", family: str = "mamba,s5", steps: int | None = None,
+               tokenizer: str = "byte", eval_tokens: int = 65536, max_length: int = 32768, progress: bool = True,
                overrides: list[str] | None = None) -> None:
-    """Zero vs previous initial state at T=16 on the shipped data: two trainings, evaluation, table and plot.
+    """Zero vs previous initial state at T=16 on the shipped data, Mamba and S5: trainings, evaluation, table, plot.
 
     Args:
-        out: Output directory.
-        family: Model family (mamba, mamba2, s5, gru, lstm).
+        out: Output directory (a sweep directory: rerun to resume).
+        family: Comma-separated model families (mamba, mamba2, s5, gru, lstm), each trained twice.
         steps: Training steps per run (default 2000).
         tokenizer: byte, gpt2 or a tokenizer.json path.
         eval_tokens: Validation tokens evaluated at every length.
@@ -111,13 +116,14 @@ def quickstart(out: str = "runs/quickstart", family: str = "mamba", steps: int |
     run_quickstart(out, family, steps, tokenizer, eval_tokens, max_length, overrides=overrides, progress=progress)
 
 
-def sweep(config: str | None = None, grid: list[str] | None = None, out: str = "runs/sweep",
+def sweep(config_file: str | None = None, grid: list[str] | None = None, out: str = "runs/sweep",
           lengths: list[int] | None = None, eval_tokens: int = 65536, metrics: list[str] | None = None,
           progress: bool = True, overrides: list[str] | None = None) -> None:
     """Train every cell of a grid of config values (resumable), evaluate each, and write the table and plots.
 
     Args:
-        config: YAML config of every cell (a file or a shipped config's name, e.g. paper/fig6_cpu).
+        config_file: YAML config of every cell (a file or a shipped config's name, e.g. paper/fig6_cpu); also
+            given as --config.
         grid: KEY=V1,V2,... over any config key, e.g. --grid train.seq_len=16,64 --grid state.scheme=zero,previous;
             the cells are the cartesian product of the --grid options.
         out: Output directory: cells/ (each cell's run directory), results.md, results.json, plots. Rerun the
@@ -132,7 +138,7 @@ def sweep(config: str | None = None, grid: list[str] | None = None, out: str = "
 
     eval_cfg = EvalConfig(lengths=lengths, max_tokens=eval_tokens,
                           metrics=sorted({"ppl_vs_length", *(metrics or [])}))
-    summary = run_sweep(config, grid or [], out, eval_cfg, overrides=overrides, progress=progress)
+    summary = run_sweep(config_file, grid or [], out, eval_cfg, overrides=overrides, progress=progress)
     print((Path(out) / "results.md").read_text())
     for f in summary["files"]:
         print(f"wrote {f}", file=sys.stderr)
@@ -255,6 +261,11 @@ def calibrate(run: str, method: Literal["delta_scale", "a_scale"], target_length
     print(json.dumps(summary))
 
 
+def _is_main_process() -> bool:
+    """False in every torchrun process but rank 0, so a summary is printed once."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 @dataclass(frozen=True)
 class Command:
     function: Callable[..., None]
@@ -272,7 +283,7 @@ COMMANDS: dict[str, Command] = {
     "plot": Command(plot, positional=(("results", "+"),)),
     "compare": Command(compare, EvalConfig, positional=(("results", "+"),), aliases=(("--no-cache", "--use_cache=false"),)),
     "quickstart": Command(quickstart),
-    "sweep": Command(sweep),
+    "sweep": Command(sweep, aliases=(("--config", "--config_file"),)),
     "generate": Command(generate, positional=(("run", "?"),)),
     "lm-eval": Command(lm_eval, positional=(("run", "?"),)),
     "import": Command(import_checkpoint, positional=(("path", "?"),)),
@@ -393,8 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
         print(f"longssm {name}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"longssm {name}: interrupted", file=sys.stderr)
+    except OSError as e:  # the machine, not the input: a full disk, ...
+        print(f"longssm {name}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:  # train's carries where it saved the interrupted step
+        if _is_main_process():
+            print(f"longssm {name}: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
         return 130
     except SystemExit as e:  # --help and --print_config exit through argparse
         return int(e.code or 0)

@@ -99,8 +99,19 @@ def normalise_args(args: list[str], types: dict[str, Any]) -> list[str]:
                 value, i = args[i], i + 1
             out += [f"--{name}", _list_text(value)]
             continue
+        if tp is not None and not eq and i < len(args) and _is_negative_number(args[i]):
+            eq, value, i = "=", args[i], i + 1  # argparse would take -1e-3 for an option and say the value is missing
         out.append(f"--{name}{eq}{value}")
     return out
+
+
+def _is_negative_number(text: str) -> bool:
+    """``-5``, ``-0.1``, ``-1e-3``: a value, not an option."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text.startswith("-")
 
 
 def _list_text(value: str) -> str:
@@ -159,7 +170,7 @@ def one_line_error(error: Exception, types: dict[str, Any]) -> UserError:
         where = next((ln for ln in lines if "line" in ln), "")
         return UserError(f"config file is not valid YAML: {lines[0]}{' (' + where + ')' if where else ''}")
     if text.startswith("Unexpected config"):
-        return UserError("a config file must hold a mapping (model:, state:, data:, train: ...) at the top level")
+        return UserError("--config: the file must hold a mapping (model:, state:, data:, train: ...) at the top level")
     m = re.search(r"argument (--[\w.]+|\w+): expected one argument", text)
     if m:
         return UserError(f"{m.group(1)} needs a value")

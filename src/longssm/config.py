@@ -218,6 +218,10 @@ class TrainConfig(Checked):
     """AdamW β2."""
     grad_clip: float = spec(1.0, ge=0)
     """Clip the global gradient norm to this value (0 = off)."""
+    grad_accum: int = spec(1, ge=1)
+    """Micro-batches per step: each process's streams run in this many groups, each from its own carried states."""
+    world_size: int = spec(1, ge=1)
+    """Processes training the run: recorded by train from torchrun's WORLD_SIZE (a value given here is replaced)."""
     seed: int = 0
     """Seed of weights, noise and every random choice."""
     device: str = "auto"
@@ -248,6 +252,10 @@ class TrainConfig(Checked):
             raise UserError("set train.batch_size or train.tokens_per_step")
         if self.tokens_per_step is not None and self.tokens_per_step < self.seq_len:
             raise UserError(f"train.tokens_per_step must be >= train.seq_len; got {self.tokens_per_step}")
+        groups = self.world_size * self.grad_accum
+        if self.batch_size is not None and self.batch_size % groups:
+            raise UserError(f"train.batch_size={self.batch_size} must be a multiple of train.grad_accum x processes = "
+                            f"{self.grad_accum} x {self.world_size} = {groups}")
 
     @property
     def resolved_batch_size(self) -> int:

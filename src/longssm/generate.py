@@ -174,5 +174,5 @@ def load_for_generation(run: str | Path, device: str = "auto") -> tuple[nn.Modul
     from .data.tokenizer import load_tokenizer
     from .train import resolve_device
 
-    model, cfg, _ = load_model(run, device=resolve_device(device))
+    model, cfg, _ = load_model(run, device=resolve_device(device, "--device"))
     return model, load_tokenizer(cfg.data.tokenizer)

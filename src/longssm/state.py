@@ -23,6 +23,7 @@ from torch import Tensor
 
 from .config import StateConfig
 from .data.streams import Batch
+from .distributed import ALONE, Shard
 from .models.base import State, detach_state, map_state, reset_rows
 
 CARRYING = ("previous", "state_passing")
@@ -43,19 +44,21 @@ def zero_state(template: State) -> State:
     return map_state(torch.zeros_like, template)
 
 
-def random_noise_state(template: State, std: float, gen: torch.Generator) -> State:
-    return map_state(lambda v: std * _randn_like(v, gen), template)
+def random_noise_state(template: State, std: float, gen: torch.Generator, shard: Shard = ALONE) -> State:
+    return map_state(lambda v: std * _randn_like(v, gen, shard), template)
 
 
-def fitted_noise_state(template: State, mean: State, std: State, gen: torch.Generator) -> State:
-    return {k: mean[k] + std[k] * _randn_like(v, gen) for k, v in template.items()}
+def fitted_noise_state(template: State, mean: State, std: State, gen: torch.Generator, shard: Shard = ALONE) -> State:
+    return {k: mean[k] + std[k] * _randn_like(v, gen, shard) for k, v in template.items()}
 
 
-def state_passing_state(carried: State, gen: torch.Generator) -> State:
-    """Row b receives the final state of row π(b), π a random permutation with no fixed point (B ≥ 2)."""
+def state_passing_state(carried: State, gen: torch.Generator, shard: Shard = ALONE) -> State:
+    """Row b receives the final state of row π(b), π a random permutation with no fixed point (B ≥ 2) of the
+    streams of every process (whose carried states are gathered)."""
     first = next(iter(carried.values()))
-    perm = host_to_device(derangement(first.shape[0], gen), first.device)
-    return map_state(lambda v: v[perm], carried)
+    batch_size = first.shape[0] * shard.world
+    perm = host_to_device(derangement(batch_size, gen)[shard.streams(batch_size)], first.device)
+    return map_state(lambda v: shard.gather_rows(v)[perm], carried)
 
 
 def derangement(n: int, gen: torch.Generator) -> Tensor:
@@ -71,10 +74,12 @@ def derangement(n: int, gen: torch.Generator) -> Tensor:
             return perm
 
 
-def _randn_like(v: Tensor, gen: torch.Generator) -> Tensor:
-    """Standard normal noise shaped like ``v``, drawn from the CPU generator ``gen`` (so a run's noise does not
-    depend on the device), then copied to ``v``'s device."""
-    return host_to_device(torch.randn(v.shape, generator=gen, dtype=v.dtype), v.device)
+def _randn_like(v: Tensor, gen: torch.Generator, shard: Shard) -> Tensor:
+    """Standard normal noise shaped like ``v``, this process's rows of ``v``, drawn from the CPU generator ``gen``
+    for the rows of every process (so a run's noise depends on neither the device nor the number of processes),
+    then copied to ``v``'s device."""
+    noise = torch.randn((v.shape[0] * shard.world, *v.shape[1:]), generator=gen, dtype=v.dtype)
+    return host_to_device(noise[shard.streams(noise.shape[0])], v.device)
 
 
 def _channel_dims(v: Tensor) -> list[int]:
@@ -89,10 +94,17 @@ class StateSchemes:
     Neither reads a device tensor back to the host, so a training step that calls them never waits for the
     device. The fitted statistics (running mean and mean square of the final states, per layer and channel/head)
     exist only for ``fitted_noise``. Everything held is in ``state_dict()`` so a resumed run continues exactly.
+
+    Several processes (``shard``): ``template`` holds this process's streams, ``shard.streams(B)``. Noise and
+    ``p_zero`` draws are made for all B streams in every process (each keeps its rows), the fitted statistics are
+    averaged over the processes and ``state_passing`` gathers every carried state, so the run equals a one-process
+    run; ``state_dict`` gathers the carried states of all B streams and ``load_state_dict`` takes this process's
+    rows, whatever number of processes saved them.
     """
 
-    def __init__(self, config: StateConfig, template: State, seed: int) -> None:
+    def __init__(self, config: StateConfig, template: State, seed: int, shard: Shard = ALONE) -> None:
         self.config = config
+        self.shard = shard
         self.template = zero_state(template)
         self.device = next(iter(template.values())).device
         self.gen = torch.Generator().manual_seed(seed + 7919)
@@ -110,17 +122,18 @@ class StateSchemes:
         if cfg.scheme == "zero":
             return zero_state(self.template)
         if cfg.scheme == "random_noise":
-            init = random_noise_state(self.template, cfg.noise_std, self.gen)
+            init = random_noise_state(self.template, cfg.noise_std, self.gen, self.shard)
         elif cfg.scheme == "fitted_noise":  # before the first finite window mean = std = 0: exactly zero
-            init = fitted_noise_state(self.template, *self.fitted(), self.gen)
+            init = fitted_noise_state(self.template, *self.fitted(), self.gen, self.shard)
         elif self.carried is None:
             init = zero_state(self.template)
         elif cfg.scheme == "previous":
             init = self._previous(batch)
         else:  # state_passing
-            init = state_passing_state(self.carried, self.gen)
+            init = state_passing_state(self.carried, self.gen, self.shard)
         if cfg.p_zero > 0:
-            drop = torch.rand(batch.x.shape[0], generator=self.gen) < cfg.p_zero
+            batch_size = batch.x.shape[0] * self.shard.world
+            drop = torch.rand(batch_size, generator=self.gen)[self.shard.streams(batch_size)] < cfg.p_zero
             init = reset_rows(init, host_to_device(drop, self.device))
         return init
 
@@ -152,8 +165,8 @@ class StateSchemes:
         m = torch.where(self.count > 0, self.config.fit_momentum, 0.0)
         for k, v in final.items():
             dims = _channel_dims(v)
-            mean = v.float().mean(dim=dims, keepdim=True)[0].to(v.dtype).expand_as(v[0])
-            sq = (v.float() ** 2).mean(dim=dims, keepdim=True)[0].to(v.dtype).expand_as(v[0])
+            mean = self.shard.mean(v.float().mean(dim=dims, keepdim=True)[0]).to(v.dtype).expand_as(v[0])
+            sq = self.shard.mean((v.float() ** 2).mean(dim=dims, keepdim=True)[0]).to(v.dtype).expand_as(v[0])
             mean, sq = m * self.mean[k] + (1 - m) * mean, m * self.sq[k] + (1 - m) * sq
             if finite is not None:
                 mean, sq = torch.where(finite, mean, self.mean[k]), torch.where(finite, sq, self.sq[k])
@@ -167,15 +180,15 @@ class StateSchemes:
 
     # -- checkpointing ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Tensor]:
-        """Flat tensors for safetensors: rng, carried.<key> (carrying schemes), and for fitted_noise count,
-        fit_mean.<key>, fit_sq.<key>."""
+        """Flat tensors for safetensors: rng, carried.<key> (carrying schemes; all B streams, gathered from every
+        process), and for fitted_noise count, fit_mean.<key>, fit_sq.<key>."""
         out: dict[str, Tensor] = {"rng": self.gen.get_state()}
         if self.fitting:
             out["count"] = self.count
             out.update({f"fit_mean.{k}": v for k, v in self.mean.items()})
             out.update({f"fit_sq.{k}": v for k, v in self.sq.items()})
         if self.carried is not None:
-            out.update({f"carried.{k}": v for k, v in self.carried.items()})
+            out.update({f"carried.{k}": self.shard.gather_rows(v) for k, v in self.carried.items()})
         return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
     def load_state_dict(self, sd: dict[str, Tensor]) -> None:
@@ -188,6 +201,7 @@ class StateSchemes:
             self.mean = {k: sd[f"fit_mean.{k}"].to(self.device).clone() for k in self.template}
             self.sq = {k: sd[f"fit_sq.{k}"].to(self.device).clone() for k in self.template}
         if any(k.startswith("carried.") for k in sd):
-            self.carried = {k: sd[f"carried.{k}"].to(self.device).clone() for k in self.template}
+            rows = self.shard.streams(sd[f"carried.{next(iter(self.template))}"].shape[0])
+            self.carried = {k: sd[f"carried.{k}"][rows].to(self.device).clone() for k in self.template}
         else:
             self.carried = None

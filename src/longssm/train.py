@@ -26,6 +26,13 @@ the optimizer or the carried states: those steps were skipped on the device. (Th
 ``train.dtype float16`` (CUDA) scales the loss with a ``torch.amp.GradScaler``: gradients are unscaled before
 clipping, a step whose gradients overflowed is skipped like any non-finite step (and the scale halved), and the
 scaler's state is part of the checkpoint. ``bfloat16`` needs no scaler; ``float32`` turns autocast off.
+
+Several processes (``torchrun``, see ``distributed.py``): each runs the loop above on its own streams of the global
+batch (``shard.streams``) with the model in ``DistributedDataParallel``; ``finite``, the loss and a Ctrl-C are
+agreed by all processes each step (``shard.agree``, ``shard.any``), so all take the same steps and stop together.
+``train.grad_accum`` splits a process's streams into micro-batches (``forward_backward``). Rank 0 alone writes the
+run directory; a checkpoint holds the carried states of all B streams, so any number of processes that divides B
+can resume it.
 """
 
 from __future__ import annotations
@@ -33,39 +40,46 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
 from torch import Tensor
 
 from . import checkpoint as ckpt_io
-from .config import RunConfig, to_dict
+from . import distributed
+from .config import RunConfig, TrainConfig, to_dict
 from .convert import read_pretrained
 from .data.corpus import load_corpus
-from .data.streams import StreamLoader
+from .data.paths import BUILTIN_PREFIX, resolve_path
+from .data.streams import Batch, StreamLoader
 from .data.tokenizer import load_tokenizer
 from .errors import UserError
 from .models import build_model
-from .models.base import State, state_norms
+from .models.base import State, concat_states, map_state, select_rows, state_norms
 from .state import StateSchemes, host_to_device
 
 
-def resolve_device(spec: str) -> torch.device:
+def resolve_device(spec: str, flag: str = "train.device") -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; errors name ``flag``, the option set."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"train.device={spec} but CUDA is not available on this machine")
+        raise UserError(f"{flag}={spec} but CUDA is not available on this machine")
     try:
         return torch.device(spec)
     except RuntimeError:
-        raise UserError(f"train.device must be auto, cpu, cuda or cuda:N; got {spec!r}") from None
+        raise UserError(f"{flag} must be auto, cpu, cuda or cuda:N; got {spec!r}") from None
 
 
 def lr_at(step: int, cfg) -> float:
@@ -96,26 +110,39 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def resolve_config(cfg: RunConfig, tokenizer) -> RunConfig:
-    """Fill derived fields: the vocabulary size from the tokenizer, the batch size from the token budget."""
+def resolve_config(cfg: RunConfig, tokenizer, world_size: int = 1) -> RunConfig:
+    """Fill derived fields: the vocabulary size from the tokenizer, the batch size from the token budget, the
+    number of processes, and absolute data, tokenizer and cache paths (so the run's config.yaml works from any
+    directory)."""
     model = cfg.model
     if model.vocab_size is None:
         model = replace(model, vocab_size=tokenizer.vocab_size)
     elif model.vocab_size < tokenizer.vocab_size:
         raise UserError(f"model.vocab_size={model.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}")
-    train = replace(cfg.train, batch_size=cfg.train.resolved_batch_size)
-    return replace(cfg, model=model, train=train)
+    train = replace(cfg.train, batch_size=cfg.train.resolved_batch_size, world_size=world_size)
+    d = cfg.data
+    data = replace(d, train=_absolute(d.train), valid=_absolute(d.valid), cache_dir=_absolute(d.cache_dir),
+                   tokenizer=d.tokenizer if d.tokenizer in ("byte", "gpt2") else _absolute(d.tokenizer))
+    return replace(cfg, model=model, train=train, data=data)
+
+
+def _absolute(spec: str) -> str:
+    """A path made absolute against the working directory; ``builtin:`` paths stay as they are."""
+    return spec if spec.startswith(BUILTIN_PREFIX) else str(resolve_path(spec).absolute())
 
 
 class MetricsLog:
-    """Appends JSON records to ``metrics.jsonl``; mirrors scalars to TensorBoard when it is installed."""
+    """Appends JSON records to ``metrics.jsonl``; mirrors scalars to TensorBoard when it is installed. Disabled
+    (``enabled`` False: the processes other than rank 0), it touches no file."""
 
-    def __init__(self, run_dir: Path, resume_step: int) -> None:
-        self.path = run_dir / "metrics.jsonl"
+    def __init__(self, run_dir: Path, resume_step: int, enabled: bool = True) -> None:
+        self.path = run_dir / "metrics.jsonl" if enabled else None
+        self.tb = None
+        if self.path is None:
+            return
         if resume_step > 0 and self.path.exists():  # drop records a crashed run wrote after its last checkpoint
             kept = [l for l in self.path.read_text().splitlines() if l and json.loads(l).get("step", 0) <= resume_step]
             self.path.write_text("".join(l + "\n" for l in kept))
-        self.tb = None
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -124,6 +151,8 @@ class MetricsLog:
             self.tb = None
 
     def write(self, record: dict[str, Any]) -> None:
+        if self.path is None:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.tb is not None:
@@ -140,9 +169,16 @@ class MetricsLog:
 
 def train(
     cfg: RunConfig, run_dir: str | Path, resume: str | None = None, on_step: Callable[[int, float], None] | None = None,
-    init_from: str | Path | None = None,
+    init_from: str | Path | None = None, overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir``. ``resume``: None, "auto" (newest complete checkpoint, if any) or a path.
+
+    A ``run_dir`` that already holds a run is refused unless ``resume`` is given (continue it) or ``overwrite`` is
+    (delete what that run wrote, ``checkpoint.RUN_ENTRIES``, once every input has been checked). "auto" skips a
+    damaged newest checkpoint with a warning and resumes from the next older one.
+
+    Ctrl-C (SIGINT, main thread) lets the step in flight finish, saves a checkpoint of it and raises
+    ``KeyboardInterrupt`` (its message names the checkpoint); a second Ctrl-C stops at once.
 
     ``init_from`` (a run, checkpoint, Hugging Face or mamba_ssm directory, see ``convert.read_pretrained``) starts a
     new run from those weights with a new optimizer and schedule: its model config and tokenizer replace ``cfg``'s
@@ -152,9 +188,10 @@ def train(
     from the device (the loss of a skipped step is the non-finite value itself).
     """
     run_dir = Path(run_dir)
+    _check_run_dir(run_dir, resume, overwrite)
     pretrained = None
     if init_from is not None:
-        if _find_resume(run_dir, resume) is not None:
+        if _resume_candidates(run_dir, resume):
             raise UserError(f"--init-from starts a new run, but {run_dir} has a checkpoint to resume: drop one of them")
         pretrained = read_pretrained(init_from)
         cfg = replace(cfg, model=pretrained.model,
@@ -162,13 +199,18 @@ def train(
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    device = resolve_device(tc.device)
+    shard, device = distributed.init(resolve_device(tc.device))
     autocast = _autocast(device, tc.dtype)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
-    cfg = resolve_config(cfg, tokenizer)
+    cfg = resolve_config(cfg, tokenizer, shard.world)
     tc = cfg.train
     corpus = load_corpus(cfg.data.train, tokenizer, cfg.data.cache_dir, progress=tc.progress)
     loader = StreamLoader(corpus.tokens, tc.batch_size, tc.seq_len, corpus.doc_starts)
+    valid = load_corpus(cfg.data.valid, tokenizer, cfg.data.cache_dir, progress=tc.progress) if tc.eval_every else None
+    if valid is not None and len(valid) <= tc.seq_len:  # checked now, not at the first validation
+        raise UserError(f"data.valid {cfg.data.valid} holds {len(valid)} tokens; validation (train.eval_every) needs "
+                        f"more than train.seq_len={tc.seq_len}")
+    saved = _read_resume(run_dir, resume, cfg)
 
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
@@ -181,16 +223,13 @@ def train(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, tc) / tc.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=tc.dtype == "float16")  # a no-op unless float16
-    schemes = StateSchemes(cfg.state, model.initial_state(tc.batch_size, device=device), seed=tc.seed)
+    own = shard.streams(tc.batch_size)  # this process's streams: their batch rows and carried states
+    schemes = StateSchemes(cfg.state, model.initial_state(own.stop - own.start, device=device), tc.seed, shard)
     start, bad_in_a_row = 0, 0
 
-    ckpt = _find_resume(run_dir, resume)
-    if ckpt is not None:
-        saved = ckpt_io.read_config(ckpt)
-        if to_dict(saved.model) != to_dict(cfg.model):
-            raise UserError(f"cannot resume from {ckpt}: its model config differs from this run's")
-        ckpt_io.load_weights(model, ckpt / "model.safetensors", device=device)
-        trainer = ckpt_io.load_trainer(ckpt)
+    if saved is not None:
+        ckpt_io.apply_weights(model, saved.weights, saved.path / "model.safetensors")
+        trainer = saved.trainer
         optimizer.load_state_dict(trainer["optimizer"])
         scheduler.load_state_dict(trainer["scheduler"])
         if trainer.get("scaler"):  # empty when the checkpointed run did not scale its loss
@@ -198,19 +237,26 @@ def train(
         torch.set_rng_state(trainer["torch_rng"])
         if device.type == "cuda" and "cuda_rng" in trainer:
             torch.cuda.set_rng_state(trainer["cuda_rng"])
-        schemes.load_state_dict(ckpt_io.load_states(ckpt))
+        schemes.load_state_dict(saved.states)
         start, bad_in_a_row = int(trainer["step"]), int(trainer.get("bad_in_a_row", 0))
-        print(f"resumed from {ckpt} at step {start}", file=sys.stderr)
+        if shard.is_main:
+            print(f"resumed from {saved.path} at step {start}{_repartitioned(saved.config, shard)}", file=sys.stderr)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    if pretrained is not None:
-        (run_dir / "source.json").write_text(json.dumps({"init_from": pretrained.source["path"],
-                                                         "format": pretrained.source["format"]}, indent=1))
-    log = MetricsLog(run_dir, start)
-    step_model = torch.compile(model) if tc.compile else model
+    wrapped = shard.wrap(model, device)  # every process has checked its inputs before rank 0 writes below
+    if shard.is_main:
+        if overwrite:
+            ckpt_io.clear_run(run_dir)
+        for partial in ckpt_io.remove_partial(run_dir):
+            print(f"warning: removed {partial}, left by an interrupted checkpoint write", file=sys.stderr)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        if pretrained is not None:
+            (run_dir / "source.json").write_text(json.dumps({"init_from": pretrained.source["path"],
+                                                             "format": pretrained.source["format"]}, indent=1))
+    log = MetricsLog(run_dir, start, enabled=shard.is_main)
+    step_model = torch.compile(wrapped) if tc.compile else wrapped
 
-    def save(path: Path, step: int) -> None:
+    def save(path: Path, step: int) -> Path:
         trainer_state = {
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -221,91 +267,133 @@ def train(
         }
         if device.type == "cuda":
             trainer_state["cuda_rng"] = torch.cuda.get_rng_state()
-        ckpt_io.save_checkpoint(path, model, cfg, step, trainer_state, schemes.state_dict())
+        states = schemes.state_dict()  # every process: gathers the carried states of all streams
+        if shard.is_main:
+            ckpt_io.save_checkpoint(path, model, cfg, step, trainer_state, states)
+            ckpt_io.prune(run_dir, tc.keep_last)
+        return path
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=tc.steps, initial=start, desc=cfg.name, disable=not tc.progress, dynamic_ncols=True)
+    bar = tqdm(total=tc.steps, initial=start, desc=cfg.name, disable=not (tc.progress and shard.is_main),
+               dynamic_ncols=True)
+    note = bar.write if shard.is_main else lambda message: None
     tokens_per_step = tc.batch_size * tc.seq_len
     unread: list[tuple[Tensor, Tensor]] = []  # (loss, finite) of the steps the host has not read yet
     losses: list[float] = []  # finite losses since the last metrics record
-    t_last, n_since, last_loss = time.perf_counter(), 0, float("nan")
+    t_last, n_since = time.perf_counter(), 0
+    last_loss: float | None = None  # None (JSON null) until a step's loss was finite
     model.train()
-    for step in range(start, tc.steps):
-        batch = loader.batch(step)
-        x, y = host_to_device(batch.x, device), host_to_device(batch.y, device)
-        init = schemes.initial(batch)
-        with autocast:
-            logits, final = step_model(x, init)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)  # clip the true gradients
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
-        finite = torch.isfinite(loss) & torch.isfinite(grad_norm) & all_finite(final)
-        optimizer.found_inf = (~finite).float()  # 1: the fused update is skipped on the device
-        optimizer.step()
-        scaler.update()  # float16: halve the scale after an overflow, double it after 2000 clean steps
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        schemes.observe(final, finite)
-        unread.append((loss.detach(), finite))
-        n_since += 1
-        done = step + 1
-        if on_step is not None:
-            on_step(done, loss.item())
+    with deferred_sigint() as interrupted:
+        for step in range(start, tc.steps):
+            batch = loader.batch(step).rows(own)
+            init = schemes.initial(batch)
+            loss, final = forward_backward(step_model, wrapped, batch, init, tc.grad_accum, device, autocast, scaler)
+            scaler.unscale_(optimizer)  # clip the true gradients
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
+            # every process takes or skips the step: finite in all of them; the loss of the global batch
+            loss, finite = shard.agree(loss, torch.isfinite(loss) & torch.isfinite(grad_norm) & all_finite(final))
+            optimizer.found_inf = (~finite).float()  # 1: the fused update is skipped on the device
+            optimizer.step()
+            scaler.update()  # float16: halve the scale after an overflow, double it after 2000 clean steps
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            schemes.observe(final, finite)
+            unread.append((loss.detach(), finite))
+            n_since += 1
+            done = step + 1
+            if on_step is not None:
+                on_step(done, loss.item())
 
-        log_due = done % tc.log_every == 0 or done == tc.steps
-        checkpoint_due = tc.checkpoint_every > 0 and done % tc.checkpoint_every == 0 and done < tc.steps
-        if log_due or checkpoint_due:  # the only place where the host waits for the device
-            for s, (value, ok) in enumerate(read_back(unread), start=done - len(unread) + 1):
-                if ok:
-                    bad_in_a_row, last_loss = 0, value
-                    losses.append(value)
-                    continue
-                bad_in_a_row += 1
-                log.write({"step": s, "skipped": True, "reason": "non-finite loss, state or gradient"})
-                bar.write(f"step {s}: non-finite loss/state/gradient, step skipped ({bad_in_a_row} in a row)")
-                if bad_in_a_row >= tc.max_bad_steps:
-                    bar.close()
-                    log.close()
-                    raise UserError(
-                        f"training stopped: {bad_in_a_row} non-finite steps in a row at step {s} "
-                        f"(last good checkpoint: {ckpt_io.latest_checkpoint(run_dir) or 'none'}); try a lower train.lr"
-                    )
-            unread.clear()
-        if log_due:
-            now = time.perf_counter()
-            tok_s = n_since * tokens_per_step / max(now - t_last, 1e-9)
-            mean_loss = sum(losses) / len(losses) if losses else None  # None: every step since the last was skipped
-            record = {
-                "step": done,
-                "loss": mean_loss,
-                "lr": scheduler.get_last_lr()[0],
-                "tokens": done * tokens_per_step,
-                "tokens_per_s": tok_s,
-                "state_max_abs": state_norms(final),
-            }
-            log.write(record)
-            bar.set_postfix(loss=f"{math.nan if mean_loss is None else mean_loss:.3f}", tok_s=f"{tok_s:,.0f}")
-            t_last, n_since = now, 0
-            losses.clear()
-        if tc.eval_every and done % tc.eval_every == 0:
-            val = validate(model, cfg, tokenizer, device)
-            log.write({"step": done, "val_ppl_at_T": val})
-            bar.write(f"step {done}: validation ppl @ T={tc.seq_len}: {val:.3f}")
-            model.train()
-        if checkpoint_due:
-            save(run_dir / "checkpoints" / f"step-{done:08d}", done)
-            ckpt_io.prune(run_dir, tc.keep_last)
-        bar.update(1)
+            stop = shard.any(interrupted()) and done < tc.steps  # Ctrl-C during this step: save it, then stop
+            log_due = done % tc.log_every == 0 or done == tc.steps
+            periodic = tc.checkpoint_every > 0 and done % tc.checkpoint_every == 0
+            checkpoint_due = (periodic or stop) and done < tc.steps
+            if log_due or checkpoint_due:  # the only place where the host waits for the device
+                for s, (value, ok) in enumerate(read_back(unread), start=done - len(unread) + 1):
+                    if ok:
+                        bad_in_a_row, last_loss = 0, value
+                        losses.append(value)
+                        continue
+                    bad_in_a_row += 1
+                    log.write({"step": s, "skipped": True, "reason": "non-finite loss, state or gradient"})
+                    note(f"step {s}: non-finite loss/state/gradient, step skipped ({bad_in_a_row} in a row)")
+                    if bad_in_a_row >= tc.max_bad_steps:
+                        bar.close()
+                        log.close()
+                        raise UserError(
+                            f"training stopped: {bad_in_a_row} non-finite steps in a row at step {s} "
+                            f"(last good checkpoint: {ckpt_io.latest_checkpoint(run_dir) or 'none'}); try a lower train.lr"
+                        )
+                unread.clear()
+            if log_due:
+                now = time.perf_counter()
+                tok_s = n_since * tokens_per_step / max(now - t_last, 1e-9)
+                mean_loss = sum(losses) / len(losses) if losses else None  # None: every step since the last was skipped
+                record = {
+                    "step": done,
+                    "loss": mean_loss,
+                    "lr": scheduler.get_last_lr()[0],
+                    "tokens": done * tokens_per_step,
+                    "tokens_per_s": tok_s,
+                    "state_max_abs": state_norms(map_state(lambda v: shard.max(v.detach().abs().amax()), final)),
+                    "world_size": shard.world,
+                }
+                log.write(record)
+                bar.set_postfix(loss=f"{math.nan if mean_loss is None else mean_loss:.3f}", tok_s=f"{tok_s:,.0f}")
+                t_last, n_since = now, 0
+                losses.clear()
+            if tc.eval_every and done % tc.eval_every == 0 and not stop:
+                val = validate(model, valid.tokens, tc, device, shard)
+                log.write({"step": done, "val_ppl_at_T": val})
+                note(f"step {done}: validation ppl @ T={tc.seq_len}: {val:.3f}")
+                model.train()
+            if checkpoint_due:
+                ckpt = save(run_dir / "checkpoints" / f"step-{done:08d}", done)
+            if stop:
+                bar.close()
+                log.close()
+                raise KeyboardInterrupt(f"saved {ckpt}; continue with --resume auto")
+            bar.update(1)
     bar.close()
 
     final_step = max(start, tc.steps)
     save(run_dir / "checkpoints" / f"step-{final_step:08d}", final_step)
-    ckpt_io.prune(run_dir, tc.keep_last)
-    ckpt_io.save_checkpoint(run_dir / "final", model, cfg, final_step)
+    if shard.is_main:
+        ckpt_io.save_checkpoint(run_dir / "final", model, cfg, final_step)
     log.close()
     return {"run_dir": str(run_dir), "steps": final_step, "final_loss": last_loss, "batch_size": tc.batch_size}
+
+
+def forward_backward(
+    model: torch.nn.Module, wrapped: torch.nn.Module, batch: Batch, init: State, accum: int, device: torch.device,
+    autocast: torch.autocast, scaler: torch.amp.GradScaler,
+) -> tuple[Tensor, State]:
+    """Forward and backward passes of one step over ``batch`` (this process's streams) in ``accum`` micro-batches of
+    consecutive streams, each started from its own rows of ``init``. A micro-batch's mean loss is divided by
+    ``accum``, so the accumulated gradients are those of one pass over every stream; ``wrapped`` (the
+    ``DistributedDataParallel`` module that ``model`` calls) synchronises them in the last backward only.
+    Returns the step's mean loss (detached) and the final states of every stream."""
+    rows = batch.x.shape[0] // accum
+    losses, finals = [], []
+    for i in range(accum):
+        part = slice(i * rows, (i + 1) * rows)
+        micro = batch.rows(part)
+        x, y = host_to_device(micro.x, device), host_to_device(micro.y, device)
+        with distributed.no_sync(wrapped, sync=i == accum - 1):
+            with autocast:
+                logits, final = model(x, select_rows(init, part))
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / accum
+            scaler.scale(loss).backward()
+        losses.append(loss.detach())
+        finals.append(final)
+    return sum(losses), concat_states(finals)
+
+
+def _repartitioned(saved: RunConfig, shard: distributed.Shard) -> str:
+    """A note for the resume message when another number of processes wrote the checkpoint (else "")."""
+    was = saved.train.world_size
+    return "" if was == shard.world else f" (saved by {was} processes, now {shard.world}: streams re-partitioned)"
 
 
 def all_finite(state: State) -> Tensor:
@@ -321,15 +409,85 @@ def read_back(unread: list[tuple[Tensor, Tensor]]) -> list[tuple[float, bool]]:
     return [(value, bool(ok)) for value, ok in rows]
 
 
-def _find_resume(run_dir: Path, resume: str | None) -> Path | None:
+def _check_run_dir(run_dir: Path, resume: str | None, overwrite: bool) -> None:
+    """``UserError`` for a run directory that is a file, or that holds a run neither resumed nor overwritten."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--run-dir {run_dir} is a file, not a directory")
+    if resume is not None and overwrite:
+        raise UserError("--resume continues a run and --overwrite replaces it: give one of them")
+    held = ckpt_io.holds_run(run_dir)
+    if held and resume is None and not overwrite:
+        raise UserError(f"--run-dir {run_dir} already holds {held}: continue it with --resume auto or replace it "
+                        f"with --overwrite")
+
+
+def _resume_candidates(run_dir: Path, resume: str | None) -> list[Path]:
+    """The checkpoints ``resume`` names, best first: none; every ``step-*`` directory, newest first ("auto"); or
+    the one given."""
     if resume is None:
-        return None
+        return []
     if resume == "auto":
-        return ckpt_io.latest_checkpoint(run_dir)
-    path = Path(resume)
-    if not ckpt_io.is_complete(path):
-        raise UserError(f"--resume {resume}: not a complete checkpoint directory")
-    return path
+        return sorted((run_dir / "checkpoints").glob("step-*"), reverse=True)
+    return [Path(resume)]
+
+
+def _read_resume(run_dir: Path, resume: str | None, cfg: RunConfig) -> ckpt_io.TrainingCheckpoint | None:
+    """The checkpoint to resume from, read whole and checked against ``cfg`` (None: start at step 0). "auto" skips
+    an incomplete or damaged checkpoint, with a warning naming it, for the next older one; ``UserError`` if none is
+    usable."""
+    skipped: list[str] = []
+    for path in _resume_candidates(run_dir, resume):
+        try:
+            saved = ckpt_io.read_training_checkpoint(path)
+        except UserError as e:
+            if resume != "auto":
+                raise UserError(f"--resume: {e}") from None
+            skipped.append(str(e))
+            continue
+        _check_resumable(saved, cfg)
+        for reason in skipped:
+            print(f"warning: --resume auto skips a damaged checkpoint: {reason}", file=sys.stderr)
+        return saved
+    if skipped:
+        raise UserError(f"--resume auto: no usable checkpoint in {run_dir / 'checkpoints'} ({'; '.join(skipped)}); "
+                        f"start the run over with --overwrite instead of --resume")
+    return None
+
+
+def _check_resumable(saved: ckpt_io.TrainingCheckpoint, cfg: RunConfig) -> None:
+    """``UserError`` when ``cfg`` changed what the checkpoint's weights or carried states depend on."""
+    was, now = to_dict(saved.config.model), to_dict(cfg.model)
+    changed = [k for k in now if was.get(k) != now[k]]
+    if changed:
+        raise UserError(f"cannot resume from {saved.path}: model.{changed[0]} is {was.get(changed[0])!r} there and "
+                        f"{now[changed[0]]!r} here")
+    if saved.config.train.batch_size != cfg.train.batch_size:
+        raise UserError(f"cannot resume from {saved.path} with train.batch_size={cfg.train.batch_size}: its carried "
+                        f"states belong to {saved.config.train.batch_size} streams")
+
+
+@contextmanager
+def deferred_sigint() -> Iterator[Callable[[], bool]]:
+    """Within the block a first Ctrl-C (SIGINT) only sets a flag, which the yielded callable reads, so the step in
+    flight completes and can be saved; Python's handler is back at once, so a second Ctrl-C raises
+    ``KeyboardInterrupt`` where it lands (checkpoint writes are atomic: the saved ones stay intact). Changes nothing
+    outside the main thread or when SIGINT does not have Python's default handler (e.g. ignored)."""
+    requested = False
+
+    def handle(signum: int, frame: Any) -> None:
+        nonlocal requested
+        requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    install = (threading.current_thread() is threading.main_thread()
+               and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    if install:
+        signal.signal(signal.SIGINT, handle)
+    try:
+        yield lambda: requested
+    finally:
+        if install:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _autocast(device: torch.device, dtype: str):
@@ -341,11 +499,12 @@ def _autocast(device: torch.device, dtype: str):
 
 
 @torch.no_grad()
-def validate(model, cfg: RunConfig, tokenizer, device) -> float:
-    """Perplexity at the training length on the first ``eval_tokens`` validation tokens, zero initial state."""
+def validate(model: torch.nn.Module, tokens: np.ndarray, tc: TrainConfig, device: torch.device,
+             shard: distributed.Shard = distributed.ALONE) -> float:
+    """Perplexity at the training length on the first ``eval_tokens`` validation tokens, zero initial state (the
+    sequences split over the processes of ``shard``)."""
     from .evaluate.perplexity import ppl_vs_length
 
-    corpus = load_corpus(cfg.data.valid, tokenizer, cfg.data.cache_dir, progress=False)
     model.eval()
-    T = cfg.train.seq_len
-    return ppl_vs_length(model, corpus.tokens, [T], max_tokens=cfg.train.eval_tokens, device=device)[str(T)]
+    T = tc.seq_len
+    return ppl_vs_length(model, tokens, [T], max_tokens=tc.eval_tokens, device=device, shard=shard)[str(T)]

@@ -72,6 +72,8 @@ def _atomic_save(path: Path, array: np.ndarray) -> None:
 def load_corpus(spec: str, tokenizer: Tokenizer, cache_dir: str | Path = ".cache/longssm", progress: bool = True) -> Corpus:
     """Tokenize ``spec`` (a text file, or a ``.npy`` token file) once; later calls read the cached memmap."""
     path = resolve_path(spec)
+    if path.is_dir():
+        raise UserError(f"data file {spec} is a directory, not a file")
     if not path.is_file():
         raise UserError(f"data file not found: {spec}")
     if path.stat().st_size == 0:
@@ -85,6 +87,9 @@ def load_corpus(spec: str, tokenizer: Tokenizer, cache_dir: str | Path = ".cache
             raise UserError(f"token file {spec} must hold a 1-D integer array; got {tokens.dtype} {tokens.shape}")
         if len(tokens) and int(tokens.max()) >= tokenizer.vocab_size:
             raise UserError(f"token file {spec} has id {int(tokens.max())} >= vocabulary size {tokenizer.vocab_size}")
+        if len(tokens) and int(tokens.min()) < 0:
+            raise UserError(f"token file {spec} has a negative id ({int(tokens.min())}); ids are 0 … vocabulary "
+                            f"size − 1")
         return Corpus(tokens, np.zeros(1, dtype=np.int64), str(path), _file_digest(path)[:16] + "-npy")
 
     digest = hashlib.sha256((_file_digest(path) + tokenizer.identity).encode()).hexdigest()[:20]

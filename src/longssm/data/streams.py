@@ -12,7 +12,7 @@ resumed loader identical to an uninterrupted one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -35,6 +35,10 @@ class Batch:
     doc_reset: torch.Tensor
     """(B,) bool: a document starts in this row after the previous window's first token and at or
     before this window's first token, i.e. the carried state of that row belongs to another document."""
+
+    def rows(self, part: slice) -> Batch:
+        """The same window of the streams ``part`` only (a process's streams, an accumulation micro-batch)."""
+        return replace(self, x=self.x[part], y=self.y[part], doc_reset=self.doc_reset[part])
 
 
 class StreamLoader:

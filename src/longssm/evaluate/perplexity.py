@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..distributed import ALONE, Shard
 from ..errors import UserError
 from ..models.base import State, concat_states, select_rows
 from .registry import MetricResult, check_json, register_metric
@@ -117,7 +118,8 @@ def sequence_losses(
 
     Rows are processed ``max(1, tokens_per_forward // chunk)`` at a time; within a group the sequence is fed in
     segments (every ``chunk`` tokens and at every position in ``cuts``) with the state carried, so
-    peak memory is O(tokens_per_forward · V) whatever L is. ``initial_state`` (n rows) or None = zeros.
+    peak memory is O(tokens_per_forward · V) whatever L is. ``initial_state`` (n rows) or None = zeros; n = 0 gives
+    no states.
     """
     n, l_plus = seqs.shape
     length = l_plus - 1
@@ -139,7 +141,7 @@ def sequence_losses(
             if progress is not None:
                 progress.update((r1 - r0) * (t1 - t0))
         finals.append(state)
-    return out, concat_states(finals)
+    return out, concat_states(finals) if finals else {}
 
 
 @torch.no_grad()
@@ -158,8 +160,12 @@ def length_curve(
     progress=None,
     cuts: Sequence[int] = (),
     on_segment: OnSegment | None = None,
+    shard: Shard = ALONE,
 ) -> np.ndarray:
     """pos(L, t) of Eq. (2): mean nll at each position t over the n = N/L sequences, (L,) float64.
+
+    Several processes (``shard``): each runs its part of the sequences (zero state) or of the R streams (carried
+    state), and the nll sums are summed over the processes, so every process returns the whole curve.
 
     ``eval_state="previous"``: R = ``streams`` (default ⌈n / 16⌉) streams run in parallel (in row groups of
     ``tokens_per_forward``); stream r holds sequences order[r·k : r·k + k], k = ⌈n / R⌉, each started from the
@@ -169,9 +175,9 @@ def length_curve(
     seqs = make_sequences(tokens, length, n_targets)
     n = seqs.shape[0]
     if eval_state == "zero":
-        nll, _ = sequence_losses(model, seqs, chunk, tokens_per_forward, device=device, progress=progress,
-                                 cuts=cuts, on_segment=on_segment)
-        return nll.mean(0).numpy()
+        nll, _ = sequence_losses(model, seqs[shard.part(n)], chunk, tokens_per_forward, device=device,
+                                 progress=progress, cuts=cuts, on_segment=on_segment)
+        return (shard.sum(nll.sum(0)) / n).numpy()
 
     perm = np.random.default_rng(seed).permutation(n) if order == "shuffled" else np.arange(n)
     R = min(n, streams or math.ceil(n / SEQUENCES_PER_STREAM))
@@ -179,15 +185,18 @@ def length_curve(
     R = math.ceil(n / k)  # streams actually used; only the last one may be shorter
     total = torch.zeros(length, dtype=torch.float64)
     state: State | None = None
+    mine = shard.part(R)
     for s in range(k):
-        active = [r for r in range(R) if r * k + s < n]  # a prefix of the streams
+        active = [r for r in range(mine.start, mine.stop) if r * k + s < n]  # a prefix of this process's streams
+        if not active:
+            break
         idx = torch.as_tensor(perm[[r * k + s for r in active]])
         if state is not None and len(active) < next(iter(state.values())).shape[0]:
             state = select_rows(state, slice(0, len(active)))
         nll, state = sequence_losses(model, seqs[idx], chunk, tokens_per_forward, initial_state=state, device=device,
                                      progress=progress)
         total += nll.sum(0)
-    return (total / n).numpy()
+    return (shard.sum(total) / n).numpy()
 
 
 def ppl_vs_length(
@@ -202,17 +211,19 @@ def ppl_vs_length(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    shard: Shard = ALONE,
 ) -> dict[str, float]:
-    """{str(L): ppl(L)} of Eq. (1) over the same N targets for every L (see the module docstring)."""
+    """{str(L): ppl(L)} of Eq. (1) over the same N targets for every L (see the module docstring); ``shard``
+    splits the sequences over several processes (``length_curve``), each of which returns the whole result."""
     from tqdm.auto import tqdm
 
     n_targets = eval_token_count(len(tokens), lengths, max_tokens)
     result: dict[str, float] = {}
-    with tqdm(total=n_targets * len(lengths), desc="ppl vs length", unit="tok", disable=not progress,
-              leave=False) as bar:
+    with tqdm(total=n_targets * len(lengths), desc="ppl vs length", unit="tok",
+              disable=not (progress and shard.is_main), leave=False) as bar:
         for length in lengths:
             curve = length_curve(model, tokens, length, n_targets, eval_state, order, seed, chunk=chunk,
-                                 tokens_per_forward=tokens_per_forward, device=device, progress=bar)
+                                 tokens_per_forward=tokens_per_forward, device=device, progress=bar, shard=shard)
             result[str(length)] = math.exp(float(curve.mean()))
     return result
 

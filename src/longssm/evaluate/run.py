@@ -59,7 +59,7 @@ def evaluate_run(run: str | Path, cfg: EvalConfig, progress: bool = True) -> Res
     """
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "--device")
     model, run_cfg, ckpt = load_model(run, device=device)
     tokenizer = load_tokenizer(run_cfg.data.tokenizer)
     if tokenizer.vocab_size > run_cfg.model.vocab_size:
