@@ -48,14 +48,17 @@ def tiny_overrides(corpus: Path, cache: Path, **extra) -> dict:
 def longssm(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the real command line in a child process (one CPU thread)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "longssm", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    return subprocess.run([sys.executable, "-m", "longssm", *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=300)
 
 
 def tiny_train_args(corpus: Path, cache: Path, run_dir: Path, *extra: str) -> list[str]:
     """``longssm train`` arguments for a tiny Mamba trained for 6 steps on ``corpus``."""
-    return ["train", "--run-dir", str(run_dir), "--no-progress", "--data.train", str(corpus), "--data.valid", str(corpus),
+    return ["train", "--run-dir", str(run_dir), "--no-progress",
+            "--data.train", str(corpus), "--data.valid", str(corpus),
             "--data.cache_dir", str(cache), "--model.d_model", "16", "--model.n_layers", "1", "--model.d_state", "4",
-            "--train.seq_len", "8", "--train.batch_size", "4", "--train.steps", "6", "--train.warmup_steps", "1", *extra]
+            "--train.seq_len", "8", "--train.batch_size", "4", "--train.steps", "6", "--train.warmup_steps", "1",
+            *extra]
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, needle: str, code: int | None = None) -> None:

@@ -17,7 +17,8 @@ def test_train_eval_plot_end_to_end(tmp_path, corpus_file):
     records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == 6 and "tokens_per_s" in records[-1] and "state_max_abs" in records[-1]
     out = tmp_path / "eval.json"
-    proc = longssm("eval", str(run), "--data", str(corpus_file), "--lengths", "8,32,128", "--json", str(out), "--no-progress")
+    proc = longssm("eval", str(run), "--data", str(corpus_file), "--lengths", "8,32,128", "--json", str(out),
+                   "--no-progress")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert set(result["ppl_vs_length"]) == {"8", "32", "128"}

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
-
 import yaml
 
 from longssm.config import EvalConfig, RunConfig, TrainConfig, from_dict, load_config

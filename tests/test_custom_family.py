@@ -11,14 +11,13 @@ import torch
 
 import longssm
 import longssm.train as train_mod
+from conftest import REPO
 from longssm.config import ModelConfig
 from longssm.errors import UserError
 from longssm.models import build_model
 from longssm.models.lm import RecurrentLM
 from longssm.models.registry import family_names, get_family, is_known_family
 from longssm.models.rnn import GRUMixer
-
-from conftest import REPO
 
 NAME = "linear_recurrence"
 

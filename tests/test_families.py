@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import tiny_overrides
 from longssm.checkpoint import load_weights
 from longssm.config import EvalConfig, ModelConfig, RunConfig, from_dict
 from longssm.errors import UserError
@@ -17,8 +18,6 @@ from longssm.models.base import load_state, save_state
 from longssm.models.registry import family_names
 from longssm.quickstart import quickstart
 from longssm.train import train
-
-from conftest import tiny_overrides
 
 FAMILIES = list(family_names())
 SIZES = dict(vocab_size=37, d_model=16, n_layers=2, d_state=8, head_dim=8, chunk_size=4)
@@ -121,7 +120,8 @@ def test_train_and_eval_smoke(tmp_path, corpus_file, family, scheme):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_quickstart_smoke(tmp_path, family):
     out = quickstart(str(tmp_path / "qs"), family=family, steps=3, eval_tokens=128, max_length=64, progress=False,
-                     overrides=["--model.d_model", "16", "--model.n_layers", "1", "--model.d_state", "8", "--model.head_dim", "8",
-                                "--train.batch_size", "4", "--data.cache_dir", str(tmp_path / "cache")])
+                     overrides=["--model.d_model", "16", "--model.n_layers", "1", "--model.d_state", "8",
+                                "--model.head_dim", "8", "--train.batch_size", "4",
+                                "--data.cache_dir", str(tmp_path / "cache")])
     assert [r["scheme"] for r in out["results"]] == ["zero", "previous"]
     assert (tmp_path / "qs" / "ppl_vs_length.png").is_file() and (tmp_path / "qs" / "results.md").is_file()

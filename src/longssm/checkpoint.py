@@ -67,7 +67,7 @@ def read_weights(path: str | Path, device: str | torch.device = "cpu") -> dict[s
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             tied = json.loads((f.metadata() or {}).get("tied", "{}"))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     except (OSError, SafetensorError, json.JSONDecodeError) as e:
         raise UserError(f"cannot read weights {path}: {_first_line(e)} (truncated or corrupted file?)") from None
     for alias, source in tied.items():
@@ -240,7 +240,9 @@ def read_config(ckpt: Path) -> RunConfig:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, RunConfig, Path]:
-    """Build the model of a run/checkpoint and load its weights. Returns (model in eval mode, config, checkpoint dir)."""
+    """Build the model of a run/checkpoint and load its weights.
+
+    Returns (model in eval mode, config, checkpoint dir)."""
     from .models import build_model
 
     ckpt = resolve_checkpoint(path)

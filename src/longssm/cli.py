@@ -279,9 +279,11 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "train": Command(train, RunConfig, aliases=(("--no-progress", "--train.progress=false"),)),
-    "eval": Command(evaluate, EvalConfig, positional=(("run", "?"),), aliases=(("--json", "--json_out"), ("--no-cache", "--use_cache=false"))),
+    "eval": Command(evaluate, EvalConfig, positional=(("run", "?"),),
+                    aliases=(("--json", "--json_out"), ("--no-cache", "--use_cache=false"))),
     "plot": Command(plot, positional=(("results", "+"),)),
-    "compare": Command(compare, EvalConfig, positional=(("results", "+"),), aliases=(("--no-cache", "--use_cache=false"),)),
+    "compare": Command(compare, EvalConfig, positional=(("results", "+"),),
+                       aliases=(("--no-cache", "--use_cache=false"),)),
     "quickstart": Command(quickstart),
     "sweep": Command(sweep, aliases=(("--config", "--config_file"),)),
     "generate": Command(generate, positional=(("run", "?"),)),
@@ -327,7 +329,8 @@ def split_overrides(args: list[str]) -> tuple[list[str], list[str]]:
     i = 0
     while i < len(args):
         arg = args[i]
-        dotted = "." in arg.lstrip("-").split("=", 1)[0] and not arg.startswith("-") or arg.startswith("--") and "." in arg
+        key = arg.lstrip("-").split("=", 1)[0]
+        dotted = "." in key and (arg.startswith("--") or not arg.startswith("-"))
         if dotted:
             takes_value = "=" not in arg and i + 1 < len(args) and not args[i + 1].startswith("--")
             overrides += args[i:i + 1 + takes_value]

@@ -290,7 +290,8 @@ def train(
             init = schemes.initial(batch)
             loss, final = forward_backward(step_model, wrapped, batch, init, tc.grad_accum, device, autocast, scaler)
             scaler.unscale_(optimizer)  # clip the true gradients
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
+            max_norm = tc.grad_clip if tc.grad_clip > 0 else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
             # every process takes or skips the step: finite in all of them; the loss of the global batch
             loss, finite = shard.agree(loss, torch.isfinite(loss) & torch.isfinite(grad_norm) & all_finite(final))
             optimizer.found_inf = (~finite).float()  # 1: the fused update is skipped on the device
@@ -323,7 +324,8 @@ def train(
                         log.close()
                         raise UserError(
                             f"training stopped: {bad_in_a_row} non-finite steps in a row at step {s} "
-                            f"(last good checkpoint: {ckpt_io.latest_checkpoint(run_dir) or 'none'}); try a lower train.lr"
+                            f"(last good checkpoint: {ckpt_io.latest_checkpoint(run_dir) or 'none'}); "
+                            "try a lower train.lr"
                         )
                 unread.clear()
             if log_due:

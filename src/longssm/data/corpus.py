@@ -69,7 +69,9 @@ def _atomic_save(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def load_corpus(spec: str, tokenizer: Tokenizer, cache_dir: str | Path = ".cache/longssm", progress: bool = True) -> Corpus:
+def load_corpus(
+    spec: str, tokenizer: Tokenizer, cache_dir: str | Path = ".cache/longssm", progress: bool = True
+) -> Corpus:
     """Tokenize ``spec`` (a text file, or a ``.npy`` token file) once; later calls read the cached memmap."""
     path = resolve_path(spec)
     if path.is_dir():
@@ -119,5 +121,6 @@ def load_corpus(spec: str, tokenizer: Tokenizer, cache_dir: str | Path = ".cache
     cache.mkdir(parents=True, exist_ok=True)
     _atomic_save(doc_file, doc_starts)
     _atomic_save(tok_file, tokens)
-    (cache / f"{digest}.json").write_text(json.dumps({"source": str(path), "tokenizer": tokenizer.identity, "tokens": len(tokens)}))
+    info = {"source": str(path), "tokenizer": tokenizer.identity, "tokens": len(tokens)}
+    (cache / f"{digest}.json").write_text(json.dumps(info))
     return Corpus(np.load(tok_file, mmap_mode="r"), doc_starts, str(path), digest)
