@@ -20,9 +20,11 @@ def assets_root() -> Path:
 
 
 def shipped_configs() -> dict[str, Path]:
-    """Config name -> path of every YAML config shipped with the package (``mamba_tiny``, ``quickstart``, ...)."""
+    """Config name -> path of every YAML config shipped with the package (``mamba_tiny``, ``quickstart``, the
+    paper's experiments ``fig6_cpu``, ...), subfolders included. Names are file stems, unique across folders, so
+    ``--config paper/fig6_cpu`` and ``--config fig6_cpu`` name the same file."""
     root = Path(str(resources.files("longssm") / "configs"))
-    return {p.stem: p for p in sorted(root.glob("*.yaml"))}
+    return {p.stem: p for p in sorted(root.rglob("*.yaml"))}
 
 
 def resolve_path(spec: str | Path) -> Path:

@@ -11,6 +11,7 @@ never changes the user's matplotlib backend.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -25,6 +26,8 @@ from ..errors import UserError
 from .report import Result, length_extension_verdict, run_label, sweep_grid
 
 DPI = 120
+COLOURS = [f"C{i}" for i in range(10)]
+"""matplotlib's default colour cycle, by name."""
 
 
 def check_plot_path(out: str | Path) -> Path:
@@ -228,6 +231,33 @@ def plot_sweep_heatmap(results: list[Result], out: str | Path, title: str | None
                   for x, v in zip(lengths, row)])
     path.with_suffix(".json").write_text(json.dumps(data, indent=1))
     return path
+
+
+def plot_training(histories: dict[str, Path], out: str | Path, title: str | None = None) -> Path:
+    """Training loss (left) and each state tensor's max |h| at the end of the logged step (right, log y) against
+    the step, one colour per run: the state norms show a previous-state run diverging (LongSSM Fig. 7).
+
+    ``histories``: label -> the run's ``metrics.jsonl`` (missing files are skipped)."""
+    out = check_plot_path(out)
+    fig, axes = _figure(12, 4.5, 1, 2)
+    (loss_ax, state_ax), rows = axes[0], []
+    for (label, path), colour in zip(histories.items(), itertools.cycle(COLOURS)):
+        records = [json.loads(line) for line in Path(path).read_text().splitlines()] if Path(path).is_file() else []
+        logged = [r for r in records if r.get("loss") is not None]
+        loss_ax.plot([r["step"] for r in logged], [r["loss"] for r in logged], color=colour, label=label)
+        for key in sorted({k for r in logged for k in r.get("state_max_abs", {})}):
+            points = [(r["step"], r["state_max_abs"][key]) for r in logged if key in r.get("state_max_abs", {})]
+            state_ax.plot(*zip(*points), color=colour, linewidth=1, alpha=0.8)
+            rows += [(label, key, step, None, value) for step, value in points]
+        rows += [(label, "loss", r["step"], r["loss"], None) for r in logged]
+    loss_ax.set(xlabel="step", ylabel="training loss (nats/token)")
+    state_ax.set(xlabel="step", ylabel="max |h| of each layer's carried state", yscale="log")
+    for ax in (loss_ax, state_ax):
+        ax.grid(True, alpha=0.3)
+    if histories:
+        loss_ax.legend(fontsize=7, ncol=2 if len(histories) > 6 else 1)
+    return _save(fig, out, title or "Training: loss and state magnitude (one line per layer)",
+                 ["run", "series", "step", "loss", "state_max_abs"], rows)
 
 
 PLOTTERS = {

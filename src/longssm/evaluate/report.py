@@ -132,3 +132,56 @@ def markdown_report(results: list[Result]) -> str:
             parts.append(f"\n{heading}\n")
             parts += [f"- {run_label(r)}{line}" for r in results if r.get(metric) for line in lines(r, r[metric])]
     return "\n".join(parts)
+
+
+def sweep_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
+    """The table of ``longssm sweep``: one row per cell — its grid values, ppl at every evaluation length, the
+    verdict, training minutes and peak training memory (rows as ``sweep.collect_rows`` makes them)."""
+    lengths = sorted({int(k) for r in rows for k in r["ppl_vs_length"]})
+    lines = ["| " + " | ".join(keys) + " | " + " | ".join(str(x) for x in lengths)
+             + " | verdict | train min | peak train MB |",
+             "|" + "---|" * len(keys) + "---:|" * len(lengths) + "---|---:|---:|"]
+    for r in rows:
+        ppl = r["ppl_vs_length"]
+        cells = [f"{ppl[str(x)]:.3f}" if str(x) in ppl else "" for x in lengths]
+        verdict = f"failed: {r['failed']}" if r.get("failed") else (r["verdict"] or "not evaluated")
+        minutes = "" if r.get("train_seconds") is None else f"{r['train_seconds'] / 60:.1f}"
+        memory = "" if r.get("train_peak_mb") is None else f"{r['train_peak_mb']:.0f}"
+        lines.append("| " + " | ".join(str(r["values"][k]) for k in keys) + " | " + " | ".join(cells)
+                     + f" | {verdict} | {minutes} | {memory} |")
+    return "\n".join(lines)
+
+
+def zero_state_matches(results: list[Result]) -> list[dict[str, Any]]:
+    """Per family with runs of both schemes: the smallest training T at which a zero-state run matches the
+    previous-state run of the smallest T, at the longest evaluation length both have (LongSSM Fig. 6).
+
+    Each entry: ``{"family", "length", "previous_T", "previous_ppl", "zero_T" (None: none within the grid),
+    "zero_ppl" (of the match, else of the best zero-state run), "text"}``."""
+    matches = []
+    for family in sorted({str(r.get("family")) for r in results}):
+        runs = sorted((r for r in results if str(r.get("family")) == family), key=lambda r: int(r["train_seq_len"]))
+        previous = [r for r in runs if r.get("scheme") == "previous"]
+        zero = [r for r in runs if r.get("scheme") == "zero"]
+        if not previous or not zero:
+            continue
+        reference = previous[0]
+        common = set(reference["ppl_vs_length"]).intersection(*(r["ppl_vs_length"] for r in zero))
+        if not common:
+            continue
+        length = str(max(map(int, common)))
+        target = reference["ppl_vs_length"][length]
+        match = next((r for r in zero if r["ppl_vs_length"][length] <= target), None)
+        best = min(zero, key=lambda r: r["ppl_vs_length"][length])
+        T0 = reference["train_seq_len"]
+        if match:
+            text = (f"{family}: a zero-state model needs T={match['train_seq_len']} to match the previous state at "
+                    f"T={T0} at L={length} (ppl {match['ppl_vs_length'][length]:.3f} <= {target:.3f}).")
+        else:
+            text = (f"{family}: no zero-state model within the grid matches the previous state at T={T0} at "
+                    f"L={length} (ppl {target:.3f}; best zero state: T={best['train_seq_len']}, "
+                    f"{best['ppl_vs_length'][length]:.3f}).")
+        matches.append({"family": family, "length": int(length), "previous_T": T0, "previous_ppl": target,
+                        "zero_T": match["train_seq_len"] if match else None,
+                        "zero_ppl": (match or best)["ppl_vs_length"][length], "text": text})
+    return matches

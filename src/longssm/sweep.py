@@ -1,0 +1,380 @@
+"""``longssm sweep``: train every cell of a grid of config values, evaluate each one, and tabulate and plot them.
+
+A grid is one or more axes ``--grid KEY=V1,V2,...`` over any config key; its cells are their cartesian product.
+Every cell's config is ``--config`` + overrides + ``[--KEY, V, ...]`` (as ``load_config`` reads them), so a bad key or
+value is the same one-line error as in ``longssm train``, raised for every cell before anything is trained.
+
+    DIR/
+      sweep.json                  the grid keys of every invocation so far (the columns of the table)
+      cells/<values>-<digest>/    one run directory per cell (config.yaml, checkpoints/, final/, metrics.jsonl)
+                                  + cell.json (its config; training seconds and peak memory, summed / maxed over
+                                  the invocations that trained it) + eval.json (its evaluation)
+      results.md, results.json    one row per cell: the grid values, ppl at every L, the verdict, training time,
+                                  peak training memory
+      ppl_vs_length.png, heatmap_<scheme>.png (loss over training T × evaluation L, LongSSM Fig. 9),
+      training.png (training loss and per-layer max |h| of the carried state against the step)
+
+A cell is named by the digest of its resolved config (its ``name`` and ``train.progress`` left out), so a rerun
+finds it whatever grid produced it: a finished cell is skipped, an interrupted one resumes from its newest
+checkpoint (``train(..., resume="auto")``), and a grid with new values or new keys adds only the cells that are
+new. Each cell trains in a fresh child process (``python -m longssm.sweep CELL_DIR``): its peak memory is its
+own (CPU: the process's peak RSS; CUDA: ``torch.cuda.max_memory_allocated``), and a run that stops on
+non-finite steps (``train.max_bad_steps``) is recorded as failed without stopping the sweep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import is_complete, latest_checkpoint
+from .cli_parsing import parse_into
+from .config import EvalConfig, RunConfig, from_dict, to_dict
+from .errors import UserError
+
+UNHASHED = (("name",), ("train", "progress"))
+"""Config entries that do not change what a cell computes: left out of its digest."""
+TRAINING_FAILED = 3
+"""Exit code of a cell's child process whose training stopped with a ``UserError`` (e.g. non-finite steps)."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid: its values, its resolved config and its run directory."""
+
+    values: dict[str, str]
+    """Grid key -> the value as typed, for this invocation's keys."""
+    config: RunConfig
+    directory: Path
+
+    @property
+    def label(self) -> str:
+        return values_label(self.values)
+
+
+def values_label(values: dict[str, Any]) -> str:
+    """``{"train.seq_len": 16, "state.scheme": "zero"}`` -> ``"seq_len=16 scheme=zero"``."""
+    return " ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in values.items())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The grid.
+
+
+def split_sweep_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """The sweep's own options and its dotted config overrides (``--model.d_model 64``, ``train.lr=1e-3``).
+
+    Every ``--grid KEY=V1,V2`` is collected into one ``--grid`` option holding a JSON list, so that values with
+    commas reach the parser whole and ``--grid`` may be given many times.
+    """
+    def bare_override(token: str) -> bool:  # key.sub=value
+        key, eq, _ = token.partition("=")
+        return bool(eq) and "." in key and not key.startswith("-")
+
+    own, grid, overrides = [], [], []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        flag, eq, inline = arg.partition("=")
+        has_value = i + 1 < len(args) and not args[i + 1].startswith("--") and not bare_override(args[i + 1])
+        if flag == "--grid":
+            if not eq and i + 1 == len(args):
+                raise UserError("--grid needs a value: KEY=V1,V2,... (e.g. --grid train.seq_len=16,64)")
+            grid.append(inline if eq else args[i + 1])
+            i += 1 if eq else 2
+        elif bare_override(arg) or (flag.startswith("--") and "." in flag):
+            takes_next = flag.startswith("--") and not eq and has_value
+            overrides += args[i:i + 1 + takes_next]
+            i += 1 + takes_next
+        else:
+            takes_next = arg.startswith("--") and not eq and has_value
+            own += args[i:i + 1 + takes_next]
+            i += 1 + takes_next
+    return own + (["--grid", json.dumps(grid)] if grid else []), overrides
+
+
+def parse_grid(specs: list[str]) -> dict[str, list[str]]:
+    """``["train.seq_len=16,64", "state.scheme=zero,previous"]`` -> ``{"train.seq_len": ["16", "64"], ...}``.
+
+    One-line ``UserError`` for an empty grid, an axis without ``=`` or without values, and a key given twice.
+    Keys and values are checked against the config by ``plan_cells``.
+    """
+    if not specs:
+        raise UserError("the grid is empty: give at least one --grid KEY=V1,V2,... (e.g. --grid train.seq_len=16,64)")
+    axes: dict[str, list[str]] = {}
+    for spec in specs:
+        key, eq, text = spec.partition("=")
+        key = key.strip().removeprefix("--")
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        if not eq or not key:
+            raise UserError(f"--grid must be KEY=V1,V2,... (e.g. train.seq_len=16,64); got {spec!r}")
+        if not values:
+            raise UserError(f"--grid {key} has no values: give KEY=V1,V2,...")
+        if key in axes:
+            raise UserError(f"--grid {key} is given twice: list all its values in one --grid")
+        axes[key] = values
+    return axes
+
+
+def config_digest(cfg: RunConfig) -> str:
+    """Hex digest of the resolved config without the entries of ``UNHASHED``."""
+    data = to_dict(cfg)
+    for path in UNHASHED:
+        section = data
+        for part in path[:-1]:
+            section = section[part]
+        section.pop(path[-1])
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def plan_cells(config: str | dict[str, Any] | None, overrides: list[str], axes: dict[str, list[str]],
+               out: Path) -> list[Cell]:
+    """Every cell of the grid, its config resolved and checked, in grid order (the last key varies fastest).
+
+    ``config``: a YAML file or shipped config's name, or a config dict. A cell whose config digest is already in
+    ``out/cells`` keeps that directory."""
+    config_args = [] if config is None or isinstance(config, dict) else ["--config", str(config)]
+    cells = []
+    for combination in itertools.product(*axes.values()):
+        values = dict(zip(axes, combination))
+        grid_args = [arg for key, value in values.items() for arg in (f"--{key}", value)]
+        cfg = parse_into(RunConfig, args=config_args + list(overrides) + grid_args,
+                         base=config if isinstance(config, dict) else None)
+        slug = "_".join(f"{key.rsplit('.', 1)[-1]}-{re.sub(r'[^A-Za-z0-9.+-]', '', value)}"
+                        for key, value in values.items())
+        digest = config_digest(cfg)[:10]
+        existing = sorted((out / "cells").glob(f"*-{digest}"))
+        directory = existing[0] if existing else out / "cells" / f"{slug}-{digest}"
+        cfg.name = f"{cfg.name}-{slug}"
+        cells.append(Cell(values, cfg, directory))
+    if len({c.directory for c in cells}) < len(cells):
+        raise UserError("two cells of the grid have the same config: a --grid key repeats a value or does not "
+                        "change the run")
+    return cells
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Running it.
+
+
+def sweep(config: str | dict[str, Any] | None, grid: list[str], out: str | Path, eval_cfg: EvalConfig,
+          overrides: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train and evaluate every cell not done yet, then write the results of every cell in ``out``.
+
+    Returns ``{"rows": [...], "files": [paths written]}`` (rows as in ``results.json``).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; a sweep writes a directory")
+    axes = parse_grid(grid)
+    cells = plan_cells(config, overrides or [], axes, out)
+    out.mkdir(parents=True, exist_ok=True)
+    keys = record_grid_keys(out, list(axes))
+    to_train = [c for c in cells if not is_complete(c.directory / "final") and not read_cell(c.directory).get("failed")]
+    log(f"{len(cells)} cells, {len(cells) - len(to_train)} already trained; results in {out}")
+    started, trained = time.perf_counter(), 0
+    for n, cell in enumerate(cells, start=1):
+        if cell in to_train:
+            eta = ""
+            if trained:
+                eta = f", ETA {(time.perf_counter() - started) / trained * (len(to_train) - trained) / 60:.1f} min"
+            log(f"cell {n}/{len(cells)} ({trained}/{len(to_train)} trained{eta}): {cell.label} -> {cell.directory}")
+            train_cell(cell, progress)
+            trained += 1
+        evaluate_cell(cell.directory, eval_cfg, progress)
+    rows = collect_rows(out, keys, axes)
+    files = write_results(out, rows, keys)
+    log(f"done: {len(rows)} cells in {out / 'results.md'}")
+    return {"rows": rows, "files": files}
+
+
+def log(message: str) -> None:
+    print(f"[sweep] {message}", file=sys.stderr, flush=True)
+
+
+def record_grid_keys(out: Path, keys: list[str]) -> list[str]:
+    """Add ``keys`` to the grid keys in ``out/sweep.json``; returns all of them, first seen first."""
+    path = out / "sweep.json"
+    known = json.loads(path.read_text())["grid_keys"] if path.is_file() else []
+    known += [k for k in keys if k not in known]
+    path.write_text(json.dumps({"grid_keys": known}, indent=1) + "\n")
+    return known
+
+
+def read_cell(directory: Path) -> dict[str, Any]:
+    """``cell.json`` of a cell directory, ``{}`` before it exists."""
+    path = directory / "cell.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def train_cell(cell: Cell, progress: bool) -> None:
+    """Train (or resume) the cell in a child process; add its seconds and peak memory to ``cell.json``.
+
+    A training that stops on its own (``UserError``: non-finite steps, ...) is recorded as ``failed`` and the
+    sweep goes on; a crash or a kill of the child stops the sweep (rerun it to resume the cell; the seconds and
+    memory of the killed part are not counted)."""
+    cell.directory.mkdir(parents=True, exist_ok=True)
+    record = read_cell(cell.directory)
+    config = to_dict(cell.config)
+    config["train"]["progress"] = progress
+    record["config"] = config
+    resumed = latest_checkpoint(cell.directory)
+    if resumed is not None:
+        log(f"resuming {cell.directory.name} from {resumed.name}")
+    (cell.directory / "cell.json").write_text(json.dumps(record, indent=1) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "longssm.sweep", str(cell.directory)], stdout=subprocess.PIPE,
+                          text=True)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode not in (0, TRAINING_FAILED) or not lines:
+        raise UserError(f"training of cell {cell.directory} failed (exit code {proc.returncode}); rerun the same "
+                        f"command to resume it from its last checkpoint")
+    stats = json.loads(lines[-1])
+    record["train_seconds"] = round(record.get("train_seconds", 0.0) + stats["seconds"], 1)
+    record["train_peak_mb"] = max(record.get("train_peak_mb", 0.0), stats["peak_mb"])
+    record["memory"] = stats["memory"]
+    if "error" in stats:
+        record["failed"] = stats["error"]
+        log(f"cell {cell.directory.name} failed: {stats['error']}")
+    (cell.directory / "cell.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def train_cell_process(directory: Path) -> int:
+    """Child process: train ``directory/cell.json``'s config into ``directory`` (resuming from its newest
+    checkpoint) and print ``{"seconds", "peak_mb", "memory"[, "error"]}`` as the last line of stdout.
+
+    Returns the exit code: 0, or ``TRAINING_FAILED`` when the training stopped with a ``UserError``."""
+    import torch
+
+    from .train import resolve_device, train
+
+    cfg = from_dict(RunConfig, read_cell(directory)["config"])
+    device = resolve_device(cfg.train.device)
+    started = time.perf_counter()
+    stats: dict[str, Any] = {}
+    try:
+        train(cfg, directory, resume="auto")
+    except UserError as e:
+        stats["error"] = str(e)
+    stats["seconds"] = time.perf_counter() - started
+    if device.type == "cuda":
+        stats.update(peak_mb=torch.cuda.max_memory_allocated(device) / 2**20, memory="cuda_max_memory_allocated")
+    else:
+        stats.update(peak_mb=peak_rss_mb(), memory="process_peak_rss")
+    print(json.dumps(stats), flush=True)
+    return TRAINING_FAILED if "error" in stats else 0
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident set size in MB (Linux ``VmHWM``, which starts afresh at ``exec``), else None."""
+    status = Path("/proc/self/status")
+    match = re.search(r"^VmHWM:\s+(\d+) kB", status.read_text(), re.M) if status.is_file() else None
+    return int(match.group(1)) / 1024 if match else None
+
+
+def evaluate_cell(directory: Path, eval_cfg: EvalConfig, progress: bool) -> None:
+    """Evaluate a trained cell into ``eval.json``, unless it holds an evaluation with the same settings."""
+    from .evaluate.run import evaluate_run, write_outputs
+
+    record = read_cell(directory)
+    settings = to_dict(eval_cfg)
+    if record.get("failed") or not is_complete(directory / "final"):
+        return
+    previous = directory / "eval.json"
+    if previous.is_file() and json.loads(previous.read_text()).get("sweep_eval") == settings:
+        return
+    result = evaluate_run(directory, eval_cfg, progress=progress)
+    result["sweep_eval"] = settings
+    write_outputs(result, previous)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Results.
+
+
+def dotted_value(config: dict[str, Any], key: str) -> Any:
+    """``config["train"]["seq_len"]`` for ``"train.seq_len"``."""
+    for part in key.split("."):
+        config = config[part]
+    return config
+
+
+def collect_rows(out: Path, keys: list[str], axes: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """One row per cell directory of ``out``: ``{"cell", "values", "ppl_vs_length", "verdict", "train_seconds",
+    "train_peak_mb", "memory", "failed", "result"}``, sorted by their grid values: a value of ``axes`` (this
+    invocation's grid) in the order given there, other values after them, numbers by value."""
+    from .evaluate.report import length_extension_verdict
+
+    rows = []
+    for directory in sorted((out / "cells").iterdir()) if (out / "cells").is_dir() else []:
+        record = read_cell(directory)
+        if not record:
+            continue
+        result = json.loads((directory / "eval.json").read_text()) if (directory / "eval.json").is_file() else {}
+        ppl = result.get("ppl_vs_length", {})
+        rows.append({
+            "cell": directory.name,
+            "values": {key: dotted_value(record["config"], key) for key in keys},
+            "ppl_vs_length": ppl,
+            "verdict": length_extension_verdict(ppl, record["config"]["train"]["seq_len"])["verdict"] if ppl else None,
+            "train_seconds": record.get("train_seconds"),
+            "train_peak_mb": record.get("train_peak_mb"),
+            "memory": record.get("memory"),
+            "failed": record.get("failed"),
+            "result": result,
+        })
+    return sorted(rows, key=lambda r: [_sort_key(r["values"][k], axes.get(k, [])) for k in keys])
+
+
+def _sort_key(value: Any, given: list[str]) -> tuple[int, float, str]:
+    """Position in ``given`` (values as typed), then numbers by value, then text."""
+    if str(value) in given:
+        return (0, given.index(str(value)), "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (1, float(value), "")
+    return (2, 0.0, str(value))
+
+
+def write_results(out: Path, rows: list[dict[str, Any]], keys: list[str]) -> list[Path]:
+    """``results.md``, ``results.json`` and the plots; returns the paths written."""
+    from .evaluate.plots import plot_ppl_vs_length, plot_sweep_heatmap, plot_training
+    from .evaluate.report import sweep_table, zero_state_matches
+
+    results = [r["result"] for r in rows if r["ppl_vs_length"]]
+    for row in rows:
+        row["result"]["name"] = values_label(row["values"])
+    matches = zero_state_matches(results)
+    (out / "results.md").write_text("\n\n".join([sweep_table(rows, keys), *(m["text"] for m in matches)]) + "\n")
+    (out / "results.json").write_text(json.dumps({"grid_keys": keys, "zero_state_matches": matches,
+                                                  "rows": [{k: v for k, v in r.items() if k != "result"}
+                                                           for r in rows]}, indent=1) + "\n")
+    files = [out / "results.md", out / "results.json"]
+    if results:
+        files.append(plot_ppl_vs_length(results, out / "ppl_vs_length.png", title="Perplexity vs evaluation length"))
+        for scheme in sorted({str(r["scheme"]) for r in results}):
+            same_scheme = [r for r in results if r["scheme"] == scheme]
+            files.append(plot_sweep_heatmap(same_scheme, out / f"heatmap_{scheme}.png",
+                                            title=f"Loss (nats/token) over training T × evaluation L, {scheme} state"))
+    histories = {values_label(r["values"]): out / "cells" / r["cell"] / "metrics.jsonl" for r in rows}
+    files.append(plot_training(histories, out / "training.png"))
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m longssm.sweep CELL_DIR``: the child process of one cell (see ``train_cell_process``)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m longssm.sweep CELL_DIR (started by longssm sweep)", file=sys.stderr)
+        return 2
+    return train_cell_process(Path(args[0]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""``longssm sweep``: a 2×2 grid end to end, a rerun that trains nothing, a killed cell that resumes from its
+checkpoint, and one-line errors for bad grids."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import tiny_overrides
+from longssm import sweep as sweep_module
+from longssm.cli import main
+from longssm.config import EvalConfig
+from longssm.sweep import parse_grid, split_sweep_args
+
+EVAL = EvalConfig(lengths=[8, 32, 128], max_tokens=2000)
+
+
+def write_config(tmp_path: Path, corpus: Path, **extra) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_overrides(corpus, tmp_path / "cache", **extra)))
+    return path
+
+
+def test_two_by_two_sweep_then_a_rerun_that_trains_nothing(tmp_path, corpus_file, monkeypatch):
+    config, out = write_config(tmp_path, corpus_file), tmp_path / "sweep"
+    grid = ["train.seq_len=8,16", "state.scheme=zero,previous"]
+    summary = sweep_module.sweep(str(config), grid, out, EVAL, overrides=["--train.steps", "6"], progress=False)
+
+    rows = summary["rows"]
+    assert [tuple(r["values"].values()) for r in rows] == [(8, "zero"), (8, "previous"), (16, "zero"), (16, "previous")]
+    for row in rows:
+        assert set(row["ppl_vs_length"]) == {"8", "32", "128"} and row["verdict"] in ("strong", "weak", "none")
+        assert row["train_seconds"] > 0 and row["train_peak_mb"] > 50 and not row["failed"]
+        cell = out / "cells" / row["cell"]
+        assert (cell / "final" / "model.safetensors").is_file() and (cell / "metrics.jsonl").is_file()
+    table = (out / "results.md").read_text()
+    assert "| train.seq_len | state.scheme | 8 | 32 | 128 | verdict | train min | peak train MB |" in table
+    summary_json = json.loads((out / "results.json").read_text())
+    assert summary_json["grid_keys"] == ["train.seq_len", "state.scheme"]
+    (match,) = summary_json["zero_state_matches"]  # zero vs previous at T=8: the join of LongSSM Fig. 6
+    assert match["family"] == "mamba" and match["previous_T"] == 8 and match["length"] == 128
+    assert match["text"] in table
+    for png in ("ppl_vs_length.png", "heatmap_zero.png", "heatmap_previous.png", "training.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished cell was trained again")
+
+    monkeypatch.setattr(sweep_module, "train_cell", no_training)
+    sweep_module.sweep(str(config), grid, out, EVAL, overrides=["--train.steps", "6"], progress=False)
+    assert (out / "results.md").read_text() == table
+    # the same cells under a grid with one more key (at the config's value) are found, not trained again
+    sweep_module.sweep(str(config), [*grid, "model.d_model=16"], out, EVAL, overrides=["--train.steps", "6"],
+                       progress=False)
+    assert len(list((out / "cells").iterdir())) == 4
+
+
+def test_a_killed_cell_resumes_from_its_checkpoint(tmp_path, corpus_file):
+    config = write_config(tmp_path, corpus_file, train__steps=300, train__checkpoint_every=10, train__log_every=10)
+    out = tmp_path / "sweep"
+    command = [sys.executable, "-m", "longssm", "sweep", "--config", str(config), "--grid", "train.seq_len=8",
+               "--out", str(out), "--lengths", "8,32", "--eval-tokens", "2000", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("cells/*/checkpoints/step-*/meta.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)  # the sweep and its training child, mid-run
+    first.communicate()
+    (cell,) = (out / "cells").iterdir()
+    assert not (cell / "final").exists()
+
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert f"resuming {cell.name} from step-" in second.stderr
+    assert "resumed from" in second.stderr  # train() itself picked the checkpoint up
+    assert json.loads((cell / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 300
+    assert "| 8 |" in (out / "results.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "the grid is empty"),
+    (["--grid", "train.seq_len"], "--grid must be KEY=V1,V2,..."),
+    (["--grid", "train.seq_len="], "--grid train.seq_len has no values"),
+    (["--grid", "train.seqlen=8,16"], "unknown config key 'train.seqlen' (did you mean train.seq_len?)"),
+    (["--grid", "train.seq_len=8,fast"], "train.seq_len must be an integer; got 'fast'"),
+    (["--grid", "state.scheme=zero,sometimes"], "state.scheme must be one of"),
+    (["--grid", "train.lr=1e-3", "--grid", "train.lr=2e-3"], "--grid train.lr is given twice"),
+])
+def test_bad_grids_are_one_line_errors(tmp_path, corpus_file, capsys, args, message):
+    config = write_config(tmp_path, corpus_file)
+    code = main(["sweep", "--config", str(config), "--out", str(tmp_path / "sweep"), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "sweep" / "cells").exists()  # nothing trained
+
+
+def test_sweep_arguments_are_split_into_options_grid_and_overrides():
+    own, overrides = split_sweep_args(["--config", "configs/a.yaml", "--grid", "train.seq_len=16,64", "--out",
+                                       "runs/x.1", "--model.d_model", "64", "--grid=state.scheme=zero,previous",
+                                       "--no-progress", "train.lr=1e-3"])
+    assert own == ["--config", "configs/a.yaml", "--out", "runs/x.1", "--no-progress",
+                   "--grid", json.dumps(["train.seq_len=16,64", "state.scheme=zero,previous"])]
+    assert overrides == ["--model.d_model", "64", "train.lr=1e-3"]
+    assert parse_grid(["train.seq_len=16, 64", "state.scheme=zero"]) == {"train.seq_len": ["16", "64"],
+                                                                        "state.scheme": ["zero"]}
