@@ -295,7 +295,7 @@ COMMANDS: dict[str, Command] = {
 
 
 def _summary(function: Callable) -> str:
-    return (function.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+    return " ".join((function.__doc__ or "").strip().split("\n\n")[0].split())
 
 
 def build_parser(name: str) -> tuple[Any, dict[str, Any]]:
