@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import RunConfig, from_dict, to_dict
 from .data.paths import resolve_path
-from .errors import UserError
+from .errors import UserError, first_line
 
 META = "meta.json"
 PARTIAL_PREFIXES = (".tmp-", ".old-")
@@ -69,7 +69,7 @@ def read_weights(path: str | Path, device: str | torch.device = "cpu") -> dict[s
             tied = json.loads((f.metadata() or {}).get("tied", "{}"))
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     except (OSError, SafetensorError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read weights {path}: {_first_line(e)} (truncated or corrupted file?)") from None
+        raise UserError(f"cannot read weights {path}: {first_line(e)} (truncated or corrupted file?)") from None
     for alias, source in tied.items():
         tensors[alias] = tensors[source]
     return tensors
@@ -86,7 +86,7 @@ def apply_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path
     try:
         _unwrap(model).load_state_dict(tensors, strict=True)
     except RuntimeError as e:
-        raise UserError(f"weights in {path} do not fit the model: {str(e).splitlines()[0]} ...") from None
+        raise UserError(f"weights in {path} do not fit the model: {first_line(e)} ...") from None
 
 
 def save_checkpoint(
@@ -122,7 +122,7 @@ def save_checkpoint(
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, (OSError, RuntimeError, SafetensorError)):  # torch.save reports a failed write as RuntimeError
-            raise OSError(f"cannot write checkpoint {path}: {_first_line(e)}") from e
+            raise OSError(f"cannot write checkpoint {path}: {first_line(e)}") from e
         raise
     if before_rename is not None:  # test hook: simulate a crash between writing and publishing
         before_rename(tmp)
@@ -236,7 +236,7 @@ def read_config(ckpt: Path) -> RunConfig:
     except FileNotFoundError:
         raise UserError(f"checkpoint {ckpt} has no config.yaml") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError, UserError) as e:
-        raise UserError(f"cannot read {path}: {_first_line(e)}") from None
+        raise UserError(f"cannot read {path}: {first_line(e)}") from None
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, RunConfig, Path]:
@@ -261,18 +261,21 @@ def load_trainer(ckpt: Path) -> dict[str, Any]:
     except pickle.UnpicklingError:  # its message suggests weights_only=False: never for a file we cannot trust
         raise UserError(f"cannot read {path}: damaged, or holds more than tensors and plain data") from None
     except Exception as e:  # a truncated file fails inside torch.load with several exception types
-        raise UserError(f"cannot read {path}: {_first_line(e)}") from None
+        raise UserError(f"cannot read {path}: {first_line(e)}") from None
 
 
 def load_states(ckpt: Path) -> dict[str, torch.Tensor]:
     """``states.safetensors`` (``{}`` when the checkpoint has none); ``UserError`` naming it when it is unreadable."""
     path = ckpt / "states.safetensors"
-    if not path.is_file():
-        return {}
+    return read_tensors(path) if path.is_file() else {}
+
+
+def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """A safetensors file as a dict of tensors; ``UserError`` naming it when it is unreadable."""
     try:
         return load_file(str(path))
     except (OSError, SafetensorError) as e:
-        raise UserError(f"cannot read {path}: {_first_line(e)}") from None
+        raise UserError(f"cannot read {path}: {first_line(e)}") from None
 
 
 @dataclass
@@ -332,7 +335,3 @@ def remove_partial(run_dir: Path) -> list[Path]:
         shutil.rmtree(p, ignore_errors=True)
     return found
 
-
-def _first_line(e: BaseException) -> str:
-    """The first line of an exception's message (library errors can span many lines)."""
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]

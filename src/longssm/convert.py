@@ -29,14 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
-from .checkpoint import load_model, new_directory, read_config, read_weights, resolve_checkpoint, save_run
+from .checkpoint import load_model, new_directory, read_config, read_tensors, read_weights, resolve_checkpoint, save_run
 from .config import DataConfig, ModelConfig, RunConfig
 from .data.paths import resolve_path
 from .data.tokenizer import load_tokenizer
-from .errors import UserError
+from .errors import UserError, first_line
 from .models import RecurrentLM, build_model
 from .models.hf_adapters import hf_adapter
 from .models.lm import HEAD
@@ -216,14 +216,11 @@ def read_weight_files(path: Path) -> dict[str, Tensor]:
 def _read_tensor_file(path: Path) -> dict[str, Tensor]:
     """A safetensors file, or a ``.bin`` that holds a dict of plain tensors (``torch.load(weights_only=True)``)."""
     if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path))
-        except Exception as e:  # safetensors raises its own SafetensorError with a long message
-            raise UserError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+        return read_tensors(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        raise UserError(f"{path} holds something other than plain tensors ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{path} holds something other than plain tensors ({first_line(e)})") from None
     if not isinstance(loaded, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in loaded.items()):
         raise UserError(f"{path} holds a {type(loaded).__name__}, not a dict of tensor names to plain tensors")
     return dict(loaded)

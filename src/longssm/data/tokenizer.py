@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .paths import resolve_path
 
 
@@ -35,7 +35,7 @@ class HFTokenizer:
         try:
             self._tok = Tokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises plain Exception subclasses with long messages
-            raise UserError(f"cannot read tokenizer {path}: {str(e).splitlines()[0]}") from None
+            raise UserError(f"cannot read tokenizer {path}: {first_line(e)}") from None
         # Some tokenizer.json files (GPT-2's among them) ship with truncation at 50 tokens: we tokenize corpora.
         self._tok.no_truncation()
         self._tok.no_padding()
