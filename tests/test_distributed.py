@@ -1,6 +1,7 @@
 """Several processes (torchrun, gloo on the CPU): a 2-process run equals a 1-process run with the same global batch,
 a killed 2-process run resumes identically, a checkpoint resumes on another number of processes (the streams are
-re-partitioned), and sharded evaluation equals single-process evaluation."""
+re-partitioned), and sharded evaluation (the API and ``longssm eval``, its cache included) equals single-process
+evaluation."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,11 +24,14 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import tiny_overrides
-from longssm.config import ModelConfig, RunConfig, StateConfig, TrainConfig, from_dict
+from longssm.config import EvalConfig, ModelConfig, RunConfig, StateConfig, TrainConfig, from_dict
 from longssm.data.streams import Batch
 from longssm.distributed import ALONE, Shard, part, stream_slice
 from longssm.errors import UserError
+from longssm.evaluate.cache import EvalCache
 from longssm.evaluate.perplexity import ppl_vs_length
+from longssm.evaluate.run import evaluate_run
+from longssm.evaluate.state_stats import StateStats
 from longssm.models import build_model
 from longssm.state import StateSchemes
 from longssm.train import train
@@ -38,12 +44,21 @@ import torch
 
 sys.path.insert(0, sys.argv[1])  # the tests directory
 from longssm.distributed import init
-from test_distributed import scheme_windows, sharded_eval
+from test_distributed import scheme_windows, sharded_eval, sharded_state_stats
 
 shard, device = init(torch.device("cpu"))
-result = {"eval": sharded_eval(shard), "schemes": scheme_windows(shard)}
+result = {"eval": sharded_eval(shard), "schemes": scheme_windows(shard), "state_stats": sharded_state_stats(shard)}
 if shard.is_main:
     print("RESULT " + json.dumps(result))
+"""
+EVAL_SCRIPT = r"""
+import json, sys
+
+from longssm.cli import main
+
+for argv in json.loads(sys.argv[1]):  # longssm eval ARGV, one after the other in the same processes
+    if code := main(argv):
+        sys.exit(code)
 """
 MODEL = {"family": "mamba", "d_model": 16, "n_layers": 1, "d_state": 4, "vocab_size": 256}
 SCHEMES = {"random_noise": {"scheme": "random_noise", "noise_std": 0.5}, "fitted_noise": {"scheme": "fitted_noise"},
@@ -154,6 +169,21 @@ def sharded_eval(shard: Shard) -> dict[str, dict[str, float]]:
             for state in ("zero", "previous")}
 
 
+def sharded_state_stats(shard: Shard) -> dict[str, Any]:
+    """``StateStats`` at L = 8 of n = 1 and n = 3 rows of fixed states, each process recording its part of the rows
+    as the position pass does (2 processes, n = 1: rank 0 records nothing, not even the keys), then combined."""
+    out = {}
+    for n in (1, 3):
+        g = torch.Generator().manual_seed(n)
+        states = {"layers.0.conv": torch.randn(n, 4, 3, generator=g), "layers.0.ssm": torch.randn(n, 5, generator=g)}
+        stats, mine = StateStats(8), shard.part(n)
+        for t in stats.positions if mine.stop > mine.start else []:
+            stats(mine, t, {key: h[mine] * t**0.5 for key, h in states.items()})
+        stats.all_reduce(shard, list(states))
+        out[str(n)] = stats.result(train_seq_len=2).to_json()
+    return out
+
+
 def scheme_windows(shard: Shard, windows: int = 4) -> dict[str, list]:
     """Per scheme of ``SCHEMES``: the initial states of all 4 streams in each window, gathered from every process,
     when each window's final state is a fixed function of its initial state."""
@@ -189,11 +219,113 @@ def test_sharded_evaluation_equals_one_process(two_process_results):
         assert two_process_results["eval"][state] == pytest.approx(single[state], rel=1e-9)
 
 
+def test_state_stats_combined_over_processes_equal_one_process(two_process_results):
+    single = sharded_state_stats(ALONE)
+    assert two_process_results["state_stats"]["1"] == single["1"]  # rank 0 saw no rows
+    assert numbers(two_process_results["state_stats"]["3"]) == pytest.approx(numbers(single["3"]), rel=1e-12)
+
+
 def test_every_state_scheme_gives_the_one_process_states(two_process_results):
     single = scheme_windows(ALONE)
     for name in SCHEMES:
         torch.testing.assert_close(torch.tensor(two_process_results["schemes"][name]), torch.tensor(single[name]),
                                    msg=name)
+
+
+EVAL_METRICS = ["ppl_vs_length", "position_ppl", "state_stats", "effective_remembrance"]
+EVAL_SETTINGS = {"lengths": [8, 32, 128], "max_tokens": 1152, "chunk": 16, "effrem_length": 32,
+                 "effrem_sequences": 3}
+"""N = 1152 targets: 9 sequences of 128 (position pass, L = 128 read off it), 36 of 32 and 144 of 8, and 3
+EffRem windows: every split over 2 processes is uneven."""
+
+
+def eval_args(run: Path, cache: Path, state: str, json_out: Path) -> list[str]:
+    """``longssm eval`` arguments: ``run`` with ``EVAL_METRICS`` and ``EVAL_SETTINGS``, cached in ``cache``."""
+    options = [f"--{key.replace('_', '-')}={','.join(map(str, v)) if isinstance(v, list) else v}"
+               for key, v in EVAL_SETTINGS.items()]
+    return ["eval", str(run), "--metrics", ",".join(EVAL_METRICS), *options, "--state", state,
+            "--cache-dir", str(cache), "--json", str(json_out), "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def two_process_evals(two_process_run, tmp_path_factory) -> dict[str, Any]:
+    """``longssm eval`` of the trained run by 2 processes, one cache for all three, in this order: zero state (cache
+    cold; ``torchrun -m longssm eval``), then, in one torchrun (``EVAL_SCRIPT``), previous state (the position pass
+    and EffRem warm, ppl_vs_length cold) and zero state again (all warm). The result JSON of each, and the first
+    torchrun's finished process (``"proc"``)."""
+    run, _ = two_process_run
+    tmp = tmp_path_factory.mktemp("sharded_cli")
+    evals = {name: (state, tmp / f"{i}.json")
+             for i, (name, state) in enumerate([("zero", "zero"), ("previous", "previous"), ("zero, warm", "zero")])}
+    args = {name: eval_args(run, tmp / "cache", state, path) for name, (state, path) in evals.items()}
+    proc = torchrun("-m", "longssm", *args["zero"])
+    assert proc.returncode == 0, proc.stderr
+    (tmp / "evals.py").write_text(EVAL_SCRIPT)
+    later = torchrun(str(tmp / "evals.py"), json.dumps([args["previous"], args["zero, warm"]]))
+    assert later.returncode == 0, later.stderr
+    return {"proc": proc, **{name: json.loads(path.read_text()) for name, (_, path) in evals.items()}}
+
+
+def numbers(value: Any, where: str = "") -> dict[str, float]:
+    """Every number in a parsed JSON value, by its path (``.bins[2].loss``)."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in numbers(item, f"{where}.{key}").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in numbers(item, f"{where}[{i}]").items()}
+    return {where: value} if isinstance(value, (int, float)) and not isinstance(value, bool) else {}
+
+
+@pytest.mark.parametrize("state", ["zero", "previous"])
+def test_sharded_eval_command_equals_one_process(two_process_run, two_process_evals, state):
+    run, _ = two_process_run
+    sharded, proc = two_process_evals[state], two_process_evals["proc"]
+    threads = torch.get_num_threads()
+    try:  # one thread, as each torchrun process has (two on a busy 2-core machine can take 10x longer)
+        single = evaluate_run(run, EvalConfig(metrics=EVAL_METRICS, state=state, use_cache=False, threads=1,
+                                              **EVAL_SETTINGS), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    for metric in EVAL_METRICS:
+        expected = numbers(single[metric])
+        assert numbers(sharded[metric]).keys() == expected.keys(), metric
+        assert numbers(sharded[metric]) == pytest.approx(expected, rel=1e-6, abs=1e-12), metric
+    assert sharded["settings"] == {**single["settings"], "world_size": 2}
+    assert single["settings"]["world_size"] == 1
+    if state == "zero":  # the torchrun of this one eval: rank 0 alone reports and writes
+        assert proc.stdout.count("| run |") == 1 and proc.stderr.count("wrote ") == 2
+
+
+def test_sharded_eval_hits_are_decided_together(two_process_evals):
+    cold, previous, warm = (two_process_evals[name] for name in ("zero", "previous", "zero, warm"))
+    # ppl_vs_length at L = 8, 32, 128 (128: read off the position pass), position_ppl, state_stats, EffRem
+    assert (cold["cache"]["hits"], cold["cache"]["misses"]) == (0, 6)
+    assert (previous["cache"]["hits"], previous["cache"]["misses"]) == (3, 3)  # only the 3 carried-state lengths
+    assert (warm["cache"]["hits"], warm["cache"]["misses"]) == (6, 0)
+    for metric in EVAL_METRICS:
+        assert warm[metric] == cold[metric], metric
+    entries = sorted(Path(cold["cache"]["dir"]).rglob("*"))
+    assert len([p for p in entries if p.is_file()]) == 9 and not [p for p in entries if ".tmp" in p.name]
+
+
+@dataclass(frozen=True)
+class PeerMisses(Shard):
+    """Rank 1 of 2 whose peer has no entry: ``any`` answers what the all-reduce over both would."""
+
+    def any(self, flag: bool) -> bool:
+        return True
+
+
+def test_cache_entry_is_a_hit_only_when_every_process_has_it(tmp_path):
+    alone = EvalCache(tmp_path, "model", "data")
+    alone.get_or_compute("ppl_vs_length", 8, {}, lambda: 1.0)  # stored
+    before = (tmp_path / "ppl_vs_length").stat().st_mtime_ns, sorted((tmp_path / "ppl_vs_length").iterdir())
+    rank1 = EvalCache(tmp_path, "model", "data", shard=PeerMisses(rank=1, world=2))
+    assert rank1.get_or_compute("ppl_vs_length", 8, {}, lambda: 2.0) == 2.0  # computed with its peer
+    assert (rank1.hits, rank1.misses) == (0, 1)
+    assert rank1.get_or_compute("ppl_vs_length", 16, {}, lambda: 3.0) == 3.0  # a miss everywhere
+    after = (tmp_path / "ppl_vs_length").stat().st_mtime_ns, sorted((tmp_path / "ppl_vs_length").iterdir())
+    assert after == before  # rank 1 writes nothing
+    assert EvalCache(tmp_path, "model", "data").get_or_compute("ppl_vs_length", 8, {}, lambda: 4.0) == 1.0
 
 
 def test_streams_are_split_into_equal_contiguous_blocks():

@@ -53,6 +53,8 @@ def evaluate(run: str, cfg: EvalConfig, json_out: str | None = None, plots: str 
     from .evaluate.run import evaluate_run, write_outputs
 
     result = evaluate_run(run, cfg, progress=progress)
+    if not _is_main_process():  # torchrun: every process has the result, rank 0 writes it
+        return
     print(write_outputs(result, json_out, plots))
     for f in ([json_out, str(Path(json_out).with_suffix(".md"))] if json_out else []) + result.get("plots", []):
         print(f"wrote {f}", file=sys.stderr)
@@ -90,6 +92,8 @@ def compare(results: list[str], out: str, cfg: EvalConfig, progress: bool = True
 
     check_output_dir(out)
     loaded = [evaluate_run(r, cfg, progress=progress) if Path(r).is_dir() else load_result(r) for r in results]
+    if not _is_main_process():  # torchrun: run directories were evaluated sharded; rank 0 writes the comparison
+        return
     summary = compare_results(loaded, out)
     print(summary["report"])
     for f in summary["plots"] + summary["files"]:

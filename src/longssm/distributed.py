@@ -89,6 +89,10 @@ class Shard:
             return flag
         return bool(self.sum(torch.tensor([int(flag)])).item())
 
+    def all(self, flag: bool) -> bool:
+        """True when ``flag`` is True in every process (a host-side all-reduce: never waits for a GPU)."""
+        return not self.any(not flag)
+
     def gather_rows(self, t: Tensor) -> Tensor:
         """Every process's rows of ``t`` (equally many in each), concatenated in rank order along dimension 0."""
         if self.world == 1:

@@ -3,6 +3,10 @@
 One small JSON file per entry: ``<cache_dir>/<metric>/L<length>-<key>.json`` where key hashes the model file's
 SHA-256, the corpus digest and every setting that changes the numbers (not chunk size or device: the chunked
 recurrence is exact). Files are written atomically; a corrupt file is treated as a miss.
+
+Several processes (``torchrun``, ``shard``): an entry is a hit only when every process reads it (one host-side
+all-reduce per entry), so that all of them compute it, and take part in its collectives, or none does; only rank 0
+writes the files.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..distributed import ALONE, Shard
 from ..errors import UserError
 from .registry import MetricResult
 
@@ -40,12 +45,14 @@ def model_hash(weights: str | Path, model_config: dict) -> str:
 class EvalCache:
     """``cache.get_or_compute(metric, L, settings, compute)``; ``directory=None`` disables caching.
 
-    ``hits`` and ``misses`` count the entries read and computed (with caching off, every entry is a miss).
+    ``hits`` and ``misses`` count the entries read and computed (with caching off, every entry is a miss); they are
+    the same in every process of ``shard``.
     """
 
-    def __init__(self, directory: str | Path | None, model_hash: str, data_hash: str) -> None:
+    def __init__(self, directory: str | Path | None, model_hash: str, data_hash: str, shard: Shard = ALONE) -> None:
         self.directory = Path(directory) if directory is not None else None
         self.model_hash, self.data_hash = model_hash, data_hash
+        self.shard = shard
         self.hits = 0
         self.misses = 0
 
@@ -63,18 +70,16 @@ class EvalCache:
     def get_or_compute(self, metric: str, length: int, settings: dict[str, Any], compute: Callable[[], Any],
                        parse: Callable[[Any], T] = lambda value: value) -> T:
         """The stored value of (metric, L, settings), else ``compute()`` (JSON-serialisable), stored.
-        Returns ``parse(value)``; a stored value that ``parse`` rejects with ``UserError`` counts as corrupt."""
+        Returns ``parse(value)``; a stored value that ``parse`` rejects with ``UserError`` counts as corrupt.
+        Several processes: a hit only when every process reads the entry, else every process computes it."""
         if self.directory is None:
             self.misses += 1
             return parse(compute())
         path = self.path(metric, length, settings)
-        if path.is_file():
-            try:
-                value = parse(json.loads(path.read_text())["value"])
-                self.hits += 1
-                return value
-            except (json.JSONDecodeError, KeyError, OSError, UserError):
-                pass
+        found, value = self._read(path, parse)
+        if self.shard.all(found):
+            self.hits += 1
+            return value
         self.misses += 1
         value = compute()
         self.put(path, metric, length, settings, value)
@@ -86,7 +91,20 @@ class EvalCache:
         return self.get_or_compute(metric, length, settings, lambda: compute().to_json(),
                                    lambda value: result_type.from_json(value, f"cached {metric}"))
 
+    @staticmethod
+    def _read(path: Path, parse: Callable[[Any], T]) -> tuple[bool, T | None]:
+        """(True, parsed value) of a readable entry; (False, None) for a missing or corrupt one."""
+        if not path.is_file():
+            return False, None
+        try:
+            return True, parse(json.loads(path.read_text())["value"])
+        except (json.JSONDecodeError, KeyError, OSError, UserError):
+            return False, None
+
     def put(self, path: Path, metric: str, length: int, settings: dict[str, Any], value: Any) -> None:
+        """Store an entry (rank 0 only; nothing when the directory is not writable)."""
+        if not self.shard.is_main:
+            return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + f".tmp{os.getpid()}")

@@ -1,5 +1,11 @@
 """What every metric's compute function receives: the loaded model and data, the resolved settings, the cache,
-progress bars, and the long zero-state pass that position_ppl and state_stats share.
+progress bars, this process's place among several (``shard``), and the long zero-state pass that position_ppl
+and state_stats share.
+
+Several processes (``torchrun ... -m longssm eval``): ppl_vs_length, the position pass (position_ppl,
+state_stats) and effective_remembrance split their sequences over the processes and sum what they measure over
+them, so every process ends with the whole result; passkey runs whole in every process. Only rank 0 shows
+progress bars and writes the cache.
 
 Glossary (as in ``perplexity.py``)
     N   evaluation targets, the same at every length (``n_targets``)
@@ -18,6 +24,7 @@ import numpy as np
 import torch
 
 from ..config import EvalConfig
+from ..distributed import ALONE, Shard
 from .cache import EvalCache
 from .perplexity import eval_token_count, make_sequences, sequence_losses
 from .state_stats import StateStats
@@ -61,13 +68,22 @@ class EvalContext:
     device: torch.device
     cache: EvalCache
     progress: bool
-    """Show progress bars."""
+    """Show progress bars (in rank 0 only)."""
+    shard: Shard = ALONE
+    """This process's place among the processes that share the evaluation (``ALONE``: the only one)."""
 
     def bar(self, total: int, desc: str) -> tqdm:
-        """A progress bar counting ``total`` tokens (silent when ``progress`` is off)."""
+        """A progress bar counting ``total`` tokens of this process (silent when ``progress`` is off, and in every
+        rank but 0)."""
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=desc, unit="tok", disable=not self.progress, leave=False, dynamic_ncols=True)
+        return tqdm(total=total, desc=desc, unit="tok", disable=not (self.progress and self.shard.is_main),
+                    leave=False, dynamic_ncols=True)
+
+    def share(self, n: int) -> int:
+        """How many of ``n`` sequences this process runs (the size of ``shard.part(n)``)."""
+        part = self.shard.part(n)
+        return part.stop - part.start
 
     @cached_property
     def position_length(self) -> int:
@@ -95,11 +111,16 @@ class EvalContext:
 
     @cached_property
     def position_pass(self) -> PositionPass:
-        """Run (once) the position pass; exact chunked recurrence from zero states, memory flat in Lp."""
+        """Run (once) the position pass; exact chunked recurrence from zero states, memory flat in Lp. Several
+        processes: each runs its part of the Np / Lp sequences; the nll sums and the state statistics are summed
+        (maxima: maximised) over the processes."""
         Lp, Np = self.position_length, self.position_targets
         seqs = make_sequences(self.tokens, Lp, Np)
+        n, mine = seqs.shape[0], self.shard.part(seqs.shape[0])
         stats = StateStats(Lp)
-        with self.bar(Np, f"position loss + state L={Lp}") as bar:
-            nll, _ = sequence_losses(self.model, seqs, self.cfg.chunk, self.tokens_per_forward, device=self.device,
-                                     progress=bar, cuts=stats.positions, on_segment=stats)
-        return PositionPass(nll.mean(0).numpy(), seqs.shape[0], stats)
+        with self.bar(self.share(n) * Lp, f"position loss + state L={Lp}") as bar:
+            nll, _ = sequence_losses(self.model, seqs[mine], self.cfg.chunk, self.tokens_per_forward,
+                                     device=self.device, progress=bar, cuts=stats.positions, on_segment=stats)
+        if self.shard.world > 1:
+            stats.all_reduce(self.shard, list(self.model.initial_state(1, device=self.device)))
+        return PositionPass((self.shard.sum(nll.sum(0)) / n).numpy(), n, stats)

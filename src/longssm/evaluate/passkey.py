@@ -19,7 +19,8 @@ the model must continue with " 71432". The prompt runs as one exact chunked recu
   keys (chance = 1 / (K + 1)).
 
 Works with any tokenizer: pieces are tokenized separately and concatenated, so with the byte tokenizer the digits
-are single bytes. Cost: trials × depths × L tokens per length.
+are single bytes. Cost: trials × depths × L tokens per length. Several processes (``torchrun``) each run the whole
+grid: it is not split between them.
 
 Registers the metric ``passkey``.
 """

@@ -26,7 +26,9 @@ Sequences run as rows of a batch, fed in chunks of at most ``chunk`` tokens with
 ``tokens_per_forward`` tokens (rows × chunk) per forward call: peak memory does not grow with L.
 
 Registered metrics: ``ppl_vs_length`` (Eq. 1 at every evaluation length) and ``position_ppl`` (Eq. 2 at one long
-length Lp, log-binned; computed by the pass it shares with ``state_stats``, see ``context.py``).
+length Lp, log-binned; computed by the pass it shares with ``state_stats``, see ``context.py``). Both split their
+sequences over several processes (``shard``) and sum the nll over them: the same numbers as one process, up to
+float rounding.
 """
 
 from __future__ import annotations
@@ -293,7 +295,8 @@ class PplVsLengthResult(MetricResult):
 
 @register_metric("ppl_vs_length", PplVsLengthResult)
 def compute_ppl_vs_length(ctx: EvalContext) -> PplVsLengthResult:
-    """Eq. (1) at every evaluation length, each cached on its own under every setting that changes its value."""
+    """Eq. (1) at every evaluation length, each cached on its own under every setting that changes its value.
+    Several processes (``ctx.shard``) split each length's sequences, or streams, between them (``length_curve``)."""
     cfg = ctx.cfg
     carried = cfg.state == "previous"
     key = {"n_targets": ctx.n_targets, "eval_state": cfg.state, "order": cfg.order if carried else None,
@@ -301,16 +304,18 @@ def compute_ppl_vs_length(ctx: EvalContext) -> PplVsLengthResult:
            "per_stream": SEQUENCES_PER_STREAM if carried else None}
     missing = [L for L in ctx.lengths if not ctx.cache.contains("ppl_vs_length", L, key)]
     ppl: dict[int, float] = {}
-    with ctx.bar(ctx.n_targets * len(missing), "ppl vs length") as bar:
+    # the bar counts this process's tokens: its part of the sequences (with carried states, of the streams: about as
+    # many)
+    with ctx.bar(sum(ctx.share(ctx.n_targets // L) * L for L in missing), "ppl vs length") as bar:
         for L in ctx.lengths:
             def compute(L: int = L) -> dict[str, float]:
                 if ctx.reuses_position_pass(L):
                     curve = ctx.position_pass.mean_nll
-                    bar.update(ctx.n_targets)
+                    bar.update(ctx.share(ctx.n_targets // L) * L)
                 else:
                     curve = length_curve(ctx.model, ctx.tokens, L, ctx.n_targets, cfg.state, cfg.order, cfg.seed,
                                          chunk=cfg.chunk, tokens_per_forward=ctx.tokens_per_forward, device=ctx.device,
-                                         progress=bar)
+                                         progress=bar, shard=ctx.shard)
                 loss = float(curve.mean())
                 return {"ppl": math.exp(loss), "loss": loss}
 

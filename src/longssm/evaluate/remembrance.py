@@ -24,6 +24,9 @@ All rows walk the same time axis in segments whose boundaries include every t_j;
 batch, from a zero state, when the walk reaches t_j, so every row is an exact chunked recurrence over x[t_j:T]
 and no token before t_j is ever fed to it. Rows × segment length ≤ ``tokens_per_forward`` bounds memory.
 
+Several processes (``shard``): each runs its part of the sequences and puts its EffRem values in their columns
+of an (m, n) table of zeros; the tables are summed over the processes, so every process averages the same values.
+
 Registers the metric ``effective_remembrance``.
 """
 
@@ -38,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..distributed import ALONE, Shard
 from ..errors import UserError
 from ..models.base import State, concat_states
 from .registry import MetricResult, register_metric
@@ -137,8 +141,10 @@ def effective_remembrance(
     tokens_per_forward: int = 4096,
     device: torch.device | str = "cpu",
     progress=None,
+    shard: Shard = ALONE,
 ) -> EffRemResult:
-    """EffRem_T(t) of Eq. (1), averaged over the first ``n_sequences`` non-overlapping windows x[i·T : (i+1)·T]."""
+    """EffRem_T(t) of Eq. (1), averaged over the first ``n_sequences`` non-overlapping windows x[i·T : (i+1)·T];
+    ``shard`` splits the windows over several processes, each of which returns the whole result."""
     n = effrem_sequence_count(len(tokens), T, n_sequences)
     ts = sorted(set(ts)) if ts is not None else effrem_grid(T)
     if ts[0] != 0 or ts[-1] >= T:
@@ -146,11 +152,13 @@ def effective_remembrance(
     windows = torch.from_numpy(np.asarray(tokens[: n * T]).astype(np.int64).reshape(n, T))
     m = len(ts)
     g = max(1, min(n, tokens_per_forward // (m * min(chunk, T))))
-    tv = []
-    for s0 in range(0, n, g):
-        last = last_logits_truncated(model, windows[s0 : s0 + g], ts, chunk, tokens_per_forward, device, progress)
-        tv.append(tv_distance(last[0:1], last))  # (m, g): against the full context, t = 0
-    tv_all = torch.cat(tv, dim=1)  # (m, n)
+    mine = shard.part(n)
+    tv_all = torch.zeros(m, n, dtype=torch.float64)  # (m, n): this process's columns, zeros elsewhere
+    for s0 in range(mine.start, mine.stop, g):
+        s1 = min(s0 + g, mine.stop)
+        last = last_logits_truncated(model, windows[s0:s1], ts, chunk, tokens_per_forward, device, progress)
+        tv_all[:, s0:s1] = tv_distance(last[0:1], last)  # against the full context, t = 0
+    tv_all = shard.sum(tv_all)  # every process's columns (x + 0 = x: exact)
     return EffRemResult(T=T, n_sequences=n, t=ts, effrem=tv_all.mean(1).tolist(),
                         per_sequence_std=tv_all.std(1, unbiased=False).tolist(), tokens_fed=n * sum(T - t for t in ts))
 
@@ -172,11 +180,12 @@ def effrem_settings(ctx: EvalContext) -> dict[str, Any]:
 
 @register_metric("effective_remembrance", EffRemResult, settings=effrem_settings)
 def compute_effective_remembrance(ctx: EvalContext) -> EffRemResult:
-    """EffRem_T(t) on the default grid (cached per T, sequences and grid)."""
+    """EffRem_T(t) on the default grid (cached per T, sequences and grid; sequences split over ``ctx.shard``)."""
     T, wanted = effrem_length(ctx), ctx.cfg.effrem_sequences
     n = effrem_sequence_count(len(ctx.tokens), T, wanted)
-    with ctx.bar(effrem_cost(T, n), f"effective remembrance T={T}") as bar:
+    with ctx.bar(effrem_cost(T, ctx.share(n)), f"effective remembrance T={T}") as bar:
         return ctx.cache.result(
             "effective_remembrance", T, {"n_sequences": wanted, "grid": effrem_grid(T)}, EffRemResult,
             lambda: effective_remembrance(ctx.model, ctx.tokens, T, wanted, chunk=ctx.cfg.chunk,
-                                          tokens_per_forward=ctx.tokens_per_forward, device=ctx.device, progress=bar))
+                                          tokens_per_forward=ctx.tokens_per_forward, device=ctx.device, progress=bar,
+                                          shard=ctx.shard))

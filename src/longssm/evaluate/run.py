@@ -5,6 +5,13 @@ every metric of ``EvalConfig.metrics`` (registered in ``registry.py``) on one sh
 caches its numbers per checkpoint hash, data hash, metric, length and settings (``cache.py``). ``write_outputs``,
 ``load_result`` and ``compare`` write and read the results (JSON, markdown from ``report.py``, ``plots.py``).
 
+Several processes (``torchrun --nproc-per-node W -m longssm eval RUN ...``): ``evaluate_run`` joins torchrun's
+process group (``distributed.init``; gloo on the CPU, NCCL with each process on ``cuda:LOCAL_RANK``).
+ppl_vs_length, position_ppl, state_stats and effective_remembrance split their sequences over the W processes and
+sum what they measure (the same numbers as one process, up to float rounding); passkey runs whole in every
+process. Cache hits are decided by all processes together and written by rank 0, which alone shows progress bars;
+every process returns the whole result, and only rank 0 should write it (``write_outputs``).
+
 Result JSON: one top-level key per metric, named as in ``--metrics``, plus "run", "name", "checkpoint", "family",
 "scheme", "train_seq_len", "data", "data_digest", "model_hash", "metrics", "settings", "cache", "seconds", and
 "length_extension" (the verdict of ``report.py``) when ppl_vs_length is present:
@@ -25,6 +32,7 @@ from typing import Any
 
 import torch
 
+from .. import distributed
 from ..checkpoint import is_complete, load_model
 from ..config import DEFAULT_LENGTHS, EvalConfig, to_dict
 from ..data.corpus import load_corpus
@@ -56,10 +64,14 @@ def evaluate_run(run: str | Path, cfg: EvalConfig, progress: bool = True) -> Res
 
     ``UserError`` (before any metric runs) for what ``EvalConfig`` cannot check alone: a tokenizer that does not
     match the checkpoint, lengths longer than the data, passkey prompts that do not fit, ...
+
+    Started by torchrun: joins its process group and shares the work with the other processes (see the module
+    docstring); ``progress`` applies to rank 0, and ``settings["world_size"]`` records the number of processes.
     """
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device, "--device")
+    shard, device = distributed.init(resolve_device(cfg.device, "--device"))
+    progress = progress and shard.is_main
     model, run_cfg, ckpt = load_model(run, device=device)
     tokenizer = load_tokenizer(run_cfg.data.tokenizer)
     if tokenizer.vocab_size > run_cfg.model.vocab_size:
@@ -70,16 +82,17 @@ def evaluate_run(run: str | Path, cfg: EvalConfig, progress: bool = True) -> Res
         raise UserError(f"data file {corpus.source} holds {len(corpus.tokens)} token(s): nothing to evaluate")
     lengths = cfg.lengths or default_lengths(len(corpus.tokens), cfg.max_tokens)
     cache = EvalCache((cfg.cache_dir or default_cache_dir(run)) if cfg.use_cache else None,
-                      model_hash(ckpt / "model.safetensors", to_dict(run_cfg.model)), corpus.digest)
+                      model_hash(ckpt / "model.safetensors", to_dict(run_cfg.model)), corpus.digest, shard)
     ctx = EvalContext(
         cfg=cfg, model=model, tokenizer=tokenizer, tokens=corpus.tokens, train_seq_len=run_cfg.train.seq_len,
         lengths=lengths, n_targets=eval_token_count(len(corpus.tokens), lengths, cfg.max_tokens),
         tokens_per_forward=cfg.batch_tokens or default_tokens_per_forward(run_cfg.model.vocab_size), device=device,
-        cache=cache, progress=progress,
+        cache=cache, progress=progress, shard=shard,
     )
     settings: dict[str, Any] = {"n_targets": ctx.n_targets, "lengths": lengths, "eval_state": cfg.state,
                                 "order": cfg.order, "seed": cfg.seed, "chunk": cfg.chunk,
-                                "tokens_per_forward": ctx.tokens_per_forward, "device": str(device)}
+                                "tokens_per_forward": ctx.tokens_per_forward, "device": str(device),
+                                "world_size": shard.world}
     metrics = [get_metric(name) for name in cfg.metrics]
     for metric in metrics:  # every data-dependent check before the first computation
         settings.update(metric.settings(ctx))
@@ -103,7 +116,7 @@ def evaluate_run(run: str | Path, cfg: EvalConfig, progress: bool = True) -> Res
 
 def write_outputs(result: Result, json_path: str | Path | None, plots_dir: str | Path | None = None) -> str:
     """Write ``json_path`` and a markdown report beside it (``.md``), and the plots into ``plots_dir`` (their paths
-    are added to ``result["plots"]``). Returns the markdown report."""
+    are added to ``result["plots"]``). Returns the markdown report. Several processes: call it in rank 0 only."""
     report = markdown_report([result])
     if plots_dir:
         result["plots"] = [str(p) for p in plot_all([result], plots_dir, heatmap=False)]

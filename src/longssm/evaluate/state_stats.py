@@ -9,15 +9,21 @@ sequences run from a zero state, after c tokens (c on a log grid 1, 2, 4, ..., L
 
 The statistics are recorded by the evaluator's ``on_segment`` hook during the same chunked pass that computes
 position-wise losses (``EvalContext.position_pass``): the log grid is added to the chunk boundaries, nothing
-else is recomputed. Registers the metric ``state_stats``.
+else is recomputed. Several processes each record their part of the sequences; ``StateStats.all_reduce`` then
+sums the sums and row counts, and takes the maximum of max_abs, over the processes. Registers the metric
+``state_stats``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import torch
+
+from ..distributed import Shard
 from ..models.base import State
 from .registry import MetricResult, register_metric
 
@@ -53,6 +59,23 @@ class StateStats:
             acc["norm"][j] += float(h.norm(dim=1).sum())
             acc["mean_abs"][j] += float(h.abs().mean(dim=1).sum())
             acc["max_abs"][j] = max(acc["max_abs"][j], float(h.abs().max()) if h.numel() else 0.0)
+
+    def all_reduce(self, shard: Shard, keys: Sequence[str]) -> None:
+        """Combine every process's statistics in place (two host-side all-reduces): the norm and mean |h| sums and
+        the row counts are summed, max |h| is maximised. ``keys``: every state key, in the same order in every
+        process (a process that saw no rows has recorded none)."""
+        if unknown := set(self.sums) - set(keys):
+            raise ValueError(f"state keys {sorted(unknown)} are not among {list(keys)}")
+        P = len(self.positions)
+        zeros = {stat: [0.0] * P for stat in ("norm", "mean_abs", "max_abs")}
+        acc = [self.sums.get(key, zeros) for key in keys]
+        sums = torch.tensor([self.rows] + [a[stat] for a in acc for stat in ("norm", "mean_abs")],
+                            dtype=torch.float64).view(-1, P)  # (1 + 2K, P): rows, then norm and mean_abs per key
+        maxima = torch.tensor([a["max_abs"] for a in acc], dtype=torch.float64).view(-1, P)  # (K, P)
+        sums, maxima = shard.sum(sums), shard.max(maxima)
+        self.rows = [round(r) for r in sums[0].tolist()]
+        self.sums = {key: {"norm": sums[1 + 2 * i].tolist(), "mean_abs": sums[2 + 2 * i].tolist(),
+                           "max_abs": maxima[i].tolist()} for i, key in enumerate(keys)}
 
     def result(self, train_seq_len: int | None = None) -> StateStatsResult:
         """The averages over the rows seen; growth past T only when T is on the grid."""
