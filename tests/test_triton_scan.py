@@ -7,9 +7,11 @@ on CUDA runs in a subprocess without the variable, and is skipped only when no G
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -21,7 +23,7 @@ import longssm.ops
 from conftest import tiny_overrides
 from longssm.config import ModelConfig, RunConfig, from_dict
 from longssm.errors import UserError
-from longssm.models import build_model
+from longssm.models import build_model, lm
 from longssm.models.lm import resolve_scan
 from longssm.ops import selective_scan_triton as sst
 from longssm.ops.selective_scan import selective_scan, selective_scan_ref
@@ -127,11 +129,12 @@ def test_resolve_scan(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
     assert resolve_scan("triton", cpu, kernels=("triton",)) == "triton"  # CPU: only because interpreted
     assert resolve_scan("triton", cpu) == "chunked"  # a family without the kernel
-    assert resolve_scan("auto", cpu, kernels=("triton",)) == "chunked"
-    assert resolve_scan("auto", cuda, kernels=("triton",)) == "chunked"  # opt-in until verified on a GPU
+    assert resolve_scan("triton", cpu, kernels=("mamba_ssm",)) == "chunked"  # Mamba-2's kernels
+    assert resolve_scan("auto", cpu, kernels=("triton",)) == "chunked"  # CPU: chunked, interpreter or not
+    assert resolve_scan("auto", cuda, kernels=("triton",), dtype=torch.float64) == "chunked"  # the kernel is fp32
     assert resolve_scan("auto", cuda) == "chunked"
     assert resolve_scan("reference", cuda, kernels=("triton",)) == "reference"
-    with pytest.raises(UserError, match="auto, chunked, reference or triton"):
+    with pytest.raises(UserError, match="auto, chunked, reference, triton or mamba_ssm"):
         resolve_scan("cuda", cpu)
     monkeypatch.setattr(sst, "INTERPRETED", False)
     with pytest.raises(UserError, match="runs on CUDA"):
@@ -140,6 +143,86 @@ def test_resolve_scan(monkeypatch):
     monkeypatch.setitem(sys.modules, "longssm.ops.selective_scan_triton", None)
     with pytest.raises(UserError, match=r"pip install longssm\[gpu\]"):
         resolve_scan("triton", cuda, kernels=("triton",))
+
+
+@pytest.fixture()
+def self_check_on_cpu(monkeypatch) -> None:
+    """``auto`` on a CUDA device runs the real self-check, on the CPU (the interpreter runs the kernels there); the
+    per-device cache of its verdict is emptied before and after the test."""
+    check = lm.triton_self_check
+    monkeypatch.setattr(lm, "triton_self_check", lambda device: check(torch.device("cpu")))
+    lm._triton_passes_self_check.cache_clear()
+    yield
+    lm._triton_passes_self_check.cache_clear()
+
+
+def test_self_check_passes_under_the_interpreter():
+    rng = torch.get_rng_state()
+    assert lm.triton_self_check(torch.device("cpu")) is None
+    assert torch.equal(torch.get_rng_state(), rng), "the self-check must not consume the caller's random stream"
+
+
+def test_auto_picks_triton_on_cuda_after_the_self_check(self_check_on_cpu):
+    cuda = torch.device("cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_scan("auto", cuda, kernels=("triton",)) == "triton"
+        assert resolve_scan("auto", cuda, kernels=("triton",), dtype=torch.float32) == "triton"
+        assert resolve_scan("auto", cuda, kernels=("triton",), dtype=torch.float64) == "chunked"
+        assert resolve_scan("auto", torch.device("cpu"), kernels=("triton",)) == "chunked"
+
+
+def scaled(which: int, factor: float):
+    """A Triton scan whose y (``which`` = 0) or final state (1) is multiplied by ``factor``."""
+    original = sst.selective_scan_triton
+
+    def kernel(*args, **kwargs):
+        out = list(original(*args, **kwargs))
+        out[which] = out[which] * factor
+        return tuple(out)
+
+    return kernel
+
+
+def raising(*args, **kwargs):
+    raise RuntimeError("PTX JIT compilation failed\nptxas fatal: unresolved symbol")
+
+
+@pytest.mark.parametrize("kernel,reason", [
+    (raising, r"\(RuntimeError: PTX JIT compilation failed\); using chunked$"),
+    (scaled(0, 1.001), r"\(y off by 1\.0e-03 \(relative\)\)"),
+    (scaled(1, -1.0), r"\(final state off by 2\.0e\+00 \(relative\)\)"),
+    (scaled(0, float("nan")), r"\(y off by nan \(relative\)\)"),
+])
+def test_auto_falls_back_to_chunked_with_one_warning(monkeypatch, self_check_on_cpu, kernel, reason):
+    """A kernel that raises or computes wrong numbers: ``auto`` warns once, naming why, and runs ``chunked``."""
+    monkeypatch.setattr(sst, "selective_scan_triton", kernel)
+    cuda = torch.device("cuda")
+    with pytest.warns(RuntimeWarning, match="self-check on cuda " + reason) as record:
+        assert resolve_scan("auto", cuda, kernels=("triton",)) == "chunked"
+    assert len(record) == 1 and "\n" not in str(record[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per device: the verdict is cached, no second warning
+        assert resolve_scan("auto", cuda, kernels=("triton",)) == "chunked"
+    assert resolve_scan("triton", torch.device("cpu"), kernels=("triton",)) == "triton"  # explicit: no self-check
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback on a machine without a GPU")
+def test_auto_on_a_missing_gpu_warns_and_runs_chunked():
+    lm._triton_passes_self_check.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match=r"self-check on cuda:7 \(\w+Error: .+\); using chunked"):
+            assert resolve_scan("auto", torch.device("cuda", 7), kernels=("triton",)) == "chunked"
+    finally:
+        lm._triton_passes_self_check.cache_clear()
+
+
+def test_auto_without_triton_runs_chunked_silently(monkeypatch, self_check_on_cpu):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else find_spec(name, *a))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_scan("auto", torch.device("cuda"), kernels=("triton",)) == "chunked"
 
 
 @pytest.fixture()

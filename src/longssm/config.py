@@ -119,8 +119,10 @@ class ModelConfig(Checked):
     """Number of B/C groups (Mamba-2)."""
     chunk_size: int = spec(64, ge=1)
     """Chunk length of the chunked scans (Mamba-2 SSD, S5); the Mamba-1 chunked scan sizes its blocks itself."""
-    scan: Literal["auto", "chunked", "reference", "triton"] = "auto"
-    """Scan: auto (best for the device), chunked (fast), reference (loop), triton (Mamba-1 GPU kernel; else chunked)."""
+    scan: Literal["auto", "chunked", "reference", "triton", "mamba_ssm"] = "auto"
+    """Scan: chunked (fast), reference (loop), triton (Mamba-1 GPU kernel), mamba_ssm (Mamba-2 kernel of the mamba-ssm
+    package); a kernel the family lacks runs chunked. auto: on CUDA triton (after a self-check) / mamba_ssm if
+    installed, else chunked."""
     norm_eps: float = spec(1e-5, gt=0)
     """RMSNorm / LayerNorm epsilon."""
     dropout: float = spec(0.0, ge=0, le=1)

@@ -25,6 +25,9 @@ one pass.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import warnings
 from collections.abc import Callable, Collection, Mapping
 from typing import Literal, Protocol
 
@@ -32,7 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig
-from ..errors import UserError
+from ..errors import UserError, first_line
+from ..ops import ssd_mamba_ssm
 from .base import State
 from .layers import RMSNorm
 
@@ -63,33 +67,108 @@ class RecurrentBlock(Protocol):
 
 
 def resolve_scan(
-    scan: str, device: torch.device, kernels: Collection[str] = ()
-) -> Literal["chunked", "reference", "triton"]:
+    scan: str, device: torch.device, kernels: Collection[str] = (), dtype: torch.dtype | None = None
+) -> Literal["chunked", "reference", "triton", "mamba_ssm"]:
     """The implementation ``model.scan`` selects on ``device`` for a family whose GPU kernels are ``kernels``.
 
     ``chunked`` is the fast exact algorithm of each family (blocked scans, ``nn.GRU``), ``reference`` the plain
-    sequential loop of the same equations, kept as its oracle, ``triton`` a GPU kernel (Mamba-1 only: it passes
-    ``kernels=("triton",)``; every other family runs ``chunked`` for ``triton``). ``auto`` is ``chunked``: the Triton
-    kernel is opt-in until it has been verified on real GPU hardware (its tests run under the interpreter and
-    compile it for sm_90, but no GPU was available to run it). Triton kernels run on CUDA, or on the CPU
-    when ``TRITON_INTERPRET=1`` was set before they were imported (Triton's interpreter: slow, for tests).
+    sequential loop of the same equations, kept as its oracle. Two GPU kernels, each tested against ``reference``:
+    ``triton``, our Triton Mamba-1 scan (``ops/selective_scan_triton.py``; Mamba-1 passes ``kernels=("triton",)``),
+    and ``mamba_ssm``, the fused SSD kernel of the ``mamba_ssm`` package (``ops/ssd_mamba_ssm.py``; Mamba-2 passes
+    ``kernels=("mamba_ssm",)``). A kernel the family does not have runs ``chunked`` (so one config can sweep
+    families); a kernel it has that cannot run here is a ``UserError``: its package is missing, or the device is not
+    CUDA. Triton kernels also run on the CPU when ``TRITON_INTERPRET=1`` was set before they were built (Triton's
+    interpreter: slow, for tests).
+
+    ``auto`` is the best available: ``chunked`` on the CPU (interpreter or not) and for float64 models (``dtype``:
+    both kernels compute in float32). On CUDA, Mamba-1 gets ``triton`` when triton is installed and
+    ``triton_self_check`` passes on ``device`` (run once per device and process; a failure warns once, naming the
+    reason, and gives ``chunked``); Mamba-2 gets ``mamba_ssm`` when the package imports, else ``chunked``.
     """
-    if scan not in ("auto", "chunked", "reference", "triton"):
-        raise UserError(f"model.scan must be auto, chunked, reference or triton; got {scan!r}")
+    if scan not in ("auto", "chunked", "reference", "triton", "mamba_ssm"):
+        raise UserError(f"model.scan must be auto, chunked, reference, triton or mamba_ssm; got {scan!r}")
     if scan in ("chunked", "reference"):
         return scan
-    if "triton" not in kernels:
-        return "chunked"
     if scan == "auto":
+        if device.type != "cuda" or dtype == torch.float64:
+            return "chunked"
+        if "triton" in kernels and _triton_passes_self_check(device):
+            return "triton"
+        if "mamba_ssm" in kernels and ssd_mamba_ssm.unavailable() is None:
+            return "mamba_ssm"
         return "chunked"
+    if scan not in kernels:
+        return "chunked"
+    if scan == "triton":
+        try:
+            from ..ops import selective_scan_triton
+        except ImportError as err:
+            raise UserError("model.scan triton needs the triton package: pip install longssm[gpu]") from err
+        interpreted = selective_scan_triton.INTERPRETED
+    else:
+        reason = ssd_mamba_ssm.unavailable()
+        if reason is not None:
+            raise UserError(f"model.scan mamba_ssm needs the mamba_ssm package (pip install mamba-ssm): {reason}")
+        interpreted = ssd_mamba_ssm.interpreted()
+    if device.type != "cuda" and not interpreted:
+        raise UserError(f"model.scan {scan} runs on CUDA devices (or on the CPU under TRITON_INTERPRET=1); "
+                        f"the model is on {device.type}: use model.scan chunked")
+    return scan
+
+
+SELF_CHECK_TOL = 1e-4
+"""Largest relative error (norm) of the Triton scan in ``triton_self_check``; float32 is ~1e-6 there."""
+
+
+def triton_self_check(device: torch.device) -> str | None:
+    """Run the Triton Mamba-1 scan once on ``device`` against the chunked scan: None if they agree, else why not.
+
+    The problem is tiny and shaped like the mixer's calls: b = 2, l = 37 (a partial second checkpoint chunk),
+    e = 40 (a partial second block of channels), n = 16, with D, z, Δ bias, softplus and an initial state. The
+    Triton scan runs in float32 and ``selective_scan_fast`` in float64 on the same device; y, the final state and
+    the gradients of a fixed random linear function of both w.r.t. every input must agree to ``SELF_CHECK_TOL``
+    (relative norm). Any exception (no such device, a kernel that does not compile or launch) is a failure too.
+    The inputs come from a private generator, so the caller's random stream is untouched.
+    """
+    names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
     try:
         from ..ops import selective_scan_triton
-    except ImportError as err:
-        raise UserError("model.scan triton needs the triton package: pip install longssm[gpu]") from err
-    if device.type != "cuda" and not selective_scan_triton.INTERPRETED:
-        raise UserError(f"model.scan triton runs on CUDA devices (or on the CPU under TRITON_INTERPRET=1); "
-                        f"the model is on {device.type}: use model.scan chunked")
-    return "triton"
+        from ..ops.selective_scan import selective_scan_fast
+
+        b, l, e, n = 2, 37, 40, 16
+        shapes = [(b, l, e), (b, l, e), (e, n), (b, l, n), (b, l, n), (e,), (b, l, e), (e,), (b, e, n)]
+        gen = torch.Generator().manual_seed(0)
+        inputs = [torch.randn(s, generator=gen, dtype=torch.float64).to(device) for s in shapes]
+        inputs[2] = -inputs[2].abs() - 0.1  # A < 0
+        weights = [torch.randn(s, generator=gen, dtype=torch.float64).to(device) for s in ((b, l, e), (b, e, n))]
+        results = []
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+            for scan, dtype in ((selective_scan_fast, torch.float64),
+                                (selective_scan_triton.selective_scan_triton, torch.float32)):
+                leaves = {k: v.to(dtype).requires_grad_() for k, v in zip(names, inputs)}
+                y, h = scan(**leaves, delta_softplus=True)
+                loss = (y * weights[0].to(dtype)).sum() + (h * weights[1].to(dtype)).sum()
+                grads = torch.autograd.grad(loss, list(leaves.values()))
+                results.append([t.detach().double().cpu() for t in (y, h, *grads)])
+    except Exception as err:
+        return f"{type(err).__name__}: {first_line(err)}"
+    for name, ref, got in zip(["y", "final state", *(f"grad {k}" for k in names)], *results):
+        err = ((got - ref).norm() / ref.norm().clamp_min(1e-6)).item()
+        if not err < SELF_CHECK_TOL:  # NaN fails too
+            return f"{name} off by {err:.1e} (relative)"
+    return None
+
+
+@functools.cache
+def _triton_passes_self_check(device: torch.device) -> bool:
+    """``triton_self_check`` once per device: False without triton (silently) or after a failure (one warning)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    reason = triton_self_check(device)
+    if reason is not None:
+        warnings.warn(f"model.scan auto: the Triton scan failed its self-check on {device} ({reason}); "
+                      "using chunked", RuntimeWarning, stacklevel=2)
+    return reason is None
 
 
 def register_length_scales(mixer: nn.Module, config: ModelConfig, layer_idx: int) -> None:
@@ -103,6 +182,11 @@ def register_length_scales(mixer: nn.Module, config: ModelConfig, layer_idx: int
     for name in ("delta_scale", "a_scale"):
         scales = getattr(config, name)
         mixer.register_buffer(name, torch.tensor(1.0 if scales is None else scales[layer_idx]), persistent=False)
+
+
+def full_precision(t: Tensor) -> Tensor:
+    """``t`` in float32 when it is bfloat16 or float16 (the dtype autocast gives a mixer's outputs); else ``t``."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 class ResidualBlock(nn.Module):
@@ -180,7 +264,8 @@ class RecurrentLM(nn.Module):
 
     def forward(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """tokens (b, l) int64, state (see ``initial_state``; None = zeros) -> logits (b, l, V), the state after
-        the last token."""
+        the last token. Under half-precision autocast the logits are half precision but every returned state
+        tensor is at least float32 (``full_precision``): carried states are never rounded at window boundaries."""
         if state is None:
             state = self.initial_state(tokens.shape[0], device=tokens.device)
         x = self.backbone.embeddings(tokens)  # (b, l, d)
@@ -188,7 +273,7 @@ class RecurrentLM(nn.Module):
         for i, layer in enumerate(self.backbone.layers):
             prefix = f"layers.{i}."
             x, layer_state = layer(x, {part: state[prefix + part] for part in layer.mixer.state_shapes()})
-            new_state.update({prefix + part: value for part, value in layer_state.items()})
+            new_state.update({prefix + part: full_precision(value) for part, value in layer_state.items()})
         return self.lm_head(self.backbone.norm_f(x)), new_state
 
     def load_state_dict(

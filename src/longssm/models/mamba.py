@@ -93,6 +93,6 @@ class MambaMixer(nn.Module):
         B = B * self.delta_scale
         y, ssm_state = selective_scan(
             x, delta, A, B, C, D=self.D, z=z, delta_bias=self.dt_proj.bias, delta_softplus=True,
-            initial_state=state["ssm"], impl=resolve_scan(self.config.scan, hidden.device, kernels=("triton",)),
+            initial_state=state["ssm"], impl=resolve_scan(self.config.scan, x.device, ("triton",), dtype=x.dtype),
         )  # y = (SSM(x) + D x) · silu(z), (b, l, e)
         return self.out_proj(y), {"conv": conv_state, "ssm": ssm_state}

@@ -10,6 +10,9 @@ References
         num_heads = h, head_dim = p, n_groups = g, state_size = n, expand, hidden_size = d, conv_kernel = k,
         chunk_size, use_bias = False, use_conv_bias = True; ``tie_word_embeddings`` defaults to False there
         (build the LM with ``tie_embeddings=False`` for such checkpoints) and is True in [2]'s LM and ours.
+    [4] state-spaces/mamba, ``mamba_ssm/ops/triton/ssd_combined.py`` (``mamba_chunk_scan_combined``): the fused SSD
+        kernel that ``model.scan mamba_ssm`` runs (``ops/ssd_mamba_ssm.py``); ``auto`` picks it on CUDA when the
+        package imports. ``chunked`` is ``ops/ssd.py``'s chunked SSD, ``reference`` its sequential loop.
 
 Glossary (code letter -> paper symbol)
     b  batch          l  sequence length      d  d_model (D)         e  d_inner = expand * d (= h p)
@@ -43,6 +46,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from ..errors import UserError
 from ..ops.ssd import ssd_chunked, ssd_ref
+from ..ops.ssd_mamba_ssm import ssd_mamba_ssm
 from .layers import CausalDepthwiseConv1d
 from .lm import register_length_scales, resolve_scan
 
@@ -120,8 +124,12 @@ class Mamba2Mixer(nn.Module):
         dt = F.softplus(dt + self.dt_bias) * self.delta_scale                          # Δ (b, l, h)
         A = -torch.exp(self.A_log) * self.a_scale                                      # (h,)
         args = (x.reshape(b, l, h, p), dt, A, B.reshape(b, l, g, n), C.reshape(b, l, g, n))
-        if resolve_scan(self.config.scan, u.device) == "chunked":
+        impl = resolve_scan(self.config.scan, u.device, kernels=("mamba_ssm",), dtype=u.dtype)
+        if impl == "chunked":
             y, ssm_state = ssd_chunked(*args, D=self.D, initial_state=state["ssm"], chunk_size=self.config.chunk_size)
+        elif impl == "mamba_ssm":                                   # [4]: the same SSD as one fused kernel
+            y, ssm_state = ssd_mamba_ssm(*args, D=self.D, initial_state=state["ssm"],
+                                         chunk_size=self.config.chunk_size)
         else:
             y, ssm_state = ssd_ref(*args, D=self.D, initial_state=state["ssm"])
         y = self.norm(y.reshape(b, l, e), z)

@@ -235,13 +235,24 @@ def selective_scan(
 ) -> tuple[Tensor, Tensor]:
     """Dispatch to :func:`selective_scan_fast` (``impl="chunked"``), :func:`selective_scan_ref` (``"reference"``) or
     the Triton kernels of ``selective_scan_triton`` (``"triton"``: CUDA tensors, or CPU under ``TRITON_INTERPRET=1``;
-    imported only then, so that triton stays optional). ``chunk_size``: time steps per block / per saved state."""
-    if impl == "chunked":
-        return selective_scan_fast(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, chunk_size)
-    if impl == "reference":
-        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
-    if impl == "triton":
-        from .selective_scan_triton import selective_scan_triton
+    imported only then, so that triton stays optional). ``chunk_size``: time steps per block / per saved state.
 
-        return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, chunk_size)
-    raise ValueError(f"impl must be 'chunked', 'reference' or 'triton'; got {impl!r}")
+    Half-precision inputs (bfloat16 / float16 autocast) are scanned in float32 with autocast off: y comes back in
+    u's dtype, the final state stays float32 (a state carried over thousands of windows must not be rounded to 8
+    mantissa bits at every boundary)."""
+    if impl not in ("chunked", "reference", "triton"):
+        raise ValueError(f"impl must be 'chunked', 'reference' or 'triton'; got {impl!r}")
+    out_dtype = u.dtype
+    dtype = torch.promote_types(u.dtype, torch.float32)
+    u, delta, B, C, z = (None if t is None else t.to(dtype) for t in (u, delta, B, C, z))
+    with torch.autocast(u.device.type, enabled=False):
+        if impl == "chunked":
+            y, h = selective_scan_fast(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, chunk_size)
+        elif impl == "reference":
+            y, h = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+        else:
+            from .selective_scan_triton import selective_scan_triton
+
+            y, h = selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                                         chunk_size)
+    return y.to(out_dtype), h

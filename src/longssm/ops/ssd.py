@@ -3,7 +3,8 @@
 References
     [1] T. Dao, A. Gu. "Transformers are SSMs: Generalized Models and Efficient Algorithms Through Structured
         State Space Duality." ICML 2024. arXiv:2405.21060. Section 6 (the SSD algorithm), Listing 1.
-    [2] state-spaces/mamba, ``mamba_ssm/ops/triton/ssd_combined.py`` (the CUDA/Triton kernel used optionally).
+    [2] state-spaces/mamba, ``mamba_ssm/ops/triton/ssd_combined.py`` (its fused kernel is ``model.scan mamba_ssm``,
+        ``ssd_mamba_ssm.py``; this module is ours alone).
 
 Glossary (code letter -> paper symbol)
     b  batch                      l  sequence length (T in [1])       h  heads
@@ -26,8 +27,6 @@ x (b, l, h, p), dt (b, l, h), A (h,), B and C (b, l, g, n), D (h,) or None, init
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 import torch.nn.functional as F
@@ -156,11 +155,9 @@ def ssd_chunked(
     A tail shorter than a chunk is padded with Δ = 0 (decay 1, no input): the state passes through unchanged,
     so the final state is the state after the last real token. Without gradients the sequence is processed
     in blocks of ``EVAL_BLOCK_CHUNKS`` chunks, carrying the state, so the quadratic intermediates take constant
-    memory in l. On CUDA with ``mamba_ssm`` installed (and not float64), its fused kernel [2] runs instead.
+    memory in l.
     """
     b, l, h, p, g, n = _check_shapes(x, dt, A, B, C)
-    if x.is_cuda and x.dtype != torch.float64 and _mamba_chunk_scan() is not None:
-        return _ssd_cuda(x, dt, A, B, C, D, initial_state, chunk_size)
     dtype = _compute_dtype(x)
     r = h // g
     state = _start_state(initial_state, x, n, dtype)
@@ -189,21 +186,3 @@ def ssd_chunked(
     y = torch.cat(ys, dim=1) if len(ys) > 1 else ys[0]
     y = y.reshape(b, nc * q, h, p)[:, :l]
     return _add_skip(y, x, D), state.reshape(b, h, p, n).contiguous()
-
-
-@functools.cache
-def _mamba_chunk_scan():
-    """``mamba_ssm``'s fused chunked scan if installed, else None (import guarded: never required)."""
-    try:
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-    except Exception:  # ImportError, or a broken CUDA/Triton build
-        return None
-    return mamba_chunk_scan_combined
-
-
-def _ssd_cuda(x, dt, A, B, C, D, initial_state, chunk_size):
-    """The Triton kernel of [2]; Δ is passed already through softplus, so no bias and no softplus here."""
-    y, final_state = _mamba_chunk_scan()(
-        x, dt, A, B, C, chunk_size, D=D, initial_states=initial_state, return_final_states=True
-    )
-    return y, final_state
