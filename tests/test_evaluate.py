@@ -555,3 +555,15 @@ def test_cache_key_covers_the_model_config_not_only_the_weights(tmp_path):
     calibrated = {"family": "mamba", "delta_scale": [1.5]}
     assert model_hash(weights, {"family": "mamba", "delta_scale": None}) != model_hash(weights, calibrated)
     assert model_hash(weights, calibrated) == model_hash(weights, dict(calibrated))
+
+
+def test_line_styles_tell_the_scheme_by_dash_and_the_rank_by_colour():
+    from longssm.evaluate.plots import line_styles
+
+    sweep = [{"scheme": s, "train_seq_len": T} for s in ("zero", "previous") for T in (16, 64, 256)]
+    styles = line_styles(sweep)
+    assert [st["linestyle"] for st in styles] == ["-"] * 3 + ["--"] * 3
+    assert [st["color"] for st in styles[:3]] == [st["color"] for st in styles[3:]]  # same T, same colour
+    assert len({st["color"] for st in styles[:3]}) == 3
+    one_scheme = line_styles([{"scheme": "zero"}] * 12)  # more than 10 lines: 12 distinct colours, all solid
+    assert len({st["color"] for st in one_scheme}) == 12 and {st["linestyle"] for st in one_scheme} == {"-"}

@@ -32,7 +32,7 @@ def train_on_recall(tmp_path: Path, scheme: str) -> dict[str, float]:
     cfg = load_config(None, {
         "name": f"recall-{scheme}",
         "model": {"family": "mamba", "d_model": 32, "n_layers": 1, "d_state": 8},
-        "state": {"scheme": scheme},
+        "state": {"scheme": scheme, "p_zero": 0.0},  # the pure schemes of the paper
         "data": {"train": str(data), "valid": str(data), "tokenizer": "byte", "cache_dir": str(tmp_path / "cache")},
         "train": {"seq_len": T, "batch_size": STREAMS, "steps": STEPS, "lr": 1e-2, "warmup_steps": 20,
                   "weight_decay": 0.0, "log_every": 100, "seed": SEED, "device": "cpu", "threads": 1,

@@ -29,7 +29,19 @@ def finals(seed: int) -> dict[str, torch.Tensor]:
 
 
 def schemes(**kw) -> StateSchemes:
-    return StateSchemes(StateConfig(**kw), template(), seed=0)
+    """The pure scheme (p_zero 0 unless given: the default adds zero starts to previous)."""
+    return StateSchemes(StateConfig(**{"p_zero": 0.0, **kw}), template(), seed=0)
+
+
+def test_default_recipe_is_previous_with_one_zero_start_in_ten():
+    assert StateConfig().scheme == "previous" and StateConfig().zero_start_probability == 0.1
+    assert StateConfig(scheme="state_passing").zero_start_probability == 0.0  # interventions stay pure
+    assert StateConfig(scheme="previous", p_zero=0.0).zero_start_probability == 0.0
+    n = 20000
+    s = StateSchemes(StateConfig(), {"x": torch.zeros(n, 2)}, seed=0)
+    s.observe({"x": torch.ones(n, 2)})
+    zero_rows = (s.initial(StreamLoader(np.arange(n * 4), n, 1).batch(1))["x"] == 0).all(1).float().mean().item()
+    assert abs(zero_rows - 0.1) < 0.01  # 3 standard deviations of the binomial are 0.0064
 
 
 def test_zero_always_starts_from_zeros():

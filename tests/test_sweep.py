@@ -112,3 +112,12 @@ def test_sweep_arguments_are_split_into_options_grid_and_overrides():
     assert overrides == ["--model.d_model", "64", "train.lr=1e-3"]
     assert parse_grid(["train.seq_len=16, 64", "state.scheme=zero"]) == {"train.seq_len": ["16", "64"],
                                                                         "state.scheme": ["zero"]}
+
+
+def test_rows_sort_numbers_by_value_whichever_command_added_them():
+    from longssm.sweep import _sort_key
+
+    seq_lens = [1024, 16, 256, 64]  # cells of two commands; the second one's grid was train.seq_len=1024
+    assert sorted(seq_lens, key=lambda v: _sort_key(v, ["1024"])) == [16, 64, 256, 1024]
+    schemes = ["zero", "state_passing", "previous"]  # text: this command's order, then the others
+    assert sorted(schemes, key=lambda v: _sort_key(v, ["previous", "zero"])) == ["previous", "zero", "state_passing"]

@@ -164,16 +164,30 @@ class StateConfig(Checked):
 
     SECTION: typing.ClassVar[str] = "state"
 
-    scheme: Literal["zero", "previous", "random_noise", "fitted_noise", "state_passing"] = "zero"
-    """Initial hidden state of each training window: zero, previous, random_noise, fitted_noise, state_passing."""
+    scheme: Literal["zero", "previous", "random_noise", "fitted_noise", "state_passing"] = "previous"
+    """Initial hidden state of each training window: zero, previous, random_noise, fitted_noise, state_passing.
+    Default: previous (with p_zero 0.1: the recipe that RESULTS.md measured best at both short and long context)."""
     noise_std: float = spec(1.0, ge=0)
     """Standard deviation of random_noise."""
-    p_zero: float = spec(0.0, ge=0, le=1)
-    """Probability that a window starts from zero instead of the scheme's state (per stream)."""
+    p_zero: float | None = spec(None, ge=0, le=1)
+    """Probability that a window starts from zero instead of the scheme's state (per stream); null: 0.1 with
+    previous, 0 with the other schemes (``zero_start_probability``)."""
     reset: Literal["wrap", "document"] = "wrap"
     """When a stream's carried state is zeroed: wrap (epoch wrap only) or document (also at article starts)."""
     fit_momentum: float = spec(0.99, ge=0, le=1)
     """Momentum of the running mean/std of final states that fitted_noise samples from."""
+
+    @property
+    def zero_start_probability(self) -> float:
+        """``p_zero`` as given, else ``DEFAULT_P_ZERO`` for previous and 0 for every other scheme (whose
+        interventions are studied pure)."""
+        if self.p_zero is not None:
+            return self.p_zero
+        return DEFAULT_P_ZERO if self.scheme == "previous" else 0.0
+
+
+DEFAULT_P_ZERO = 0.1
+"""p_zero of the default recipe (previous state, one window in ten from zero): RESULTS.md, 'Recommended default'."""
 
 
 @dataclass

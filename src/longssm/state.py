@@ -131,9 +131,10 @@ class StateSchemes:
             init = self._previous(batch)
         else:  # state_passing
             init = state_passing_state(self.carried, self.gen, self.shard)
-        if cfg.p_zero > 0:
+        p_zero = cfg.zero_start_probability
+        if p_zero > 0:
             batch_size = batch.x.shape[0] * self.shard.world
-            drop = torch.rand(batch_size, generator=self.gen)[self.shard.streams(batch_size)] < cfg.p_zero
+            drop = torch.rand(batch_size, generator=self.gen)[self.shard.streams(batch_size)] < p_zero
             init = reset_rows(init, host_to_device(drop, self.device))
         return init
 

@@ -308,8 +308,8 @@ def dotted_value(config: dict[str, Any], key: str) -> Any:
 
 def collect_rows(out: Path, keys: list[str], axes: dict[str, list[str]]) -> list[dict[str, Any]]:
     """One row per cell directory of ``out``: ``{"cell", "values", "ppl_vs_length", "verdict", "train_seconds",
-    "train_peak_mb", "memory", "failed", "result"}``, sorted by their grid values: a value of ``axes`` (this
-    invocation's grid) in the order given there, other values after them, numbers by value."""
+    "train_peak_mb", "memory", "failed", "result"}``, sorted by their grid values (``_sort_key``): numbers by
+    value, other values in the order of ``axes`` (this invocation's grid), values not in it after them."""
     from .evaluate.report import length_extension_verdict
 
     rows = []
@@ -334,11 +334,12 @@ def collect_rows(out: Path, keys: list[str], axes: dict[str, list[str]]) -> list
 
 
 def _sort_key(value: Any, given: list[str]) -> tuple[int, float, str]:
-    """Position in ``given`` (values as typed), then numbers by value, then text."""
-    if str(value) in given:
-        return (0, given.index(str(value)), "")
+    """Numbers by value (T = 16 before 1024, whichever command added them), then the other values by their
+    position in ``given`` (values as typed), then as text."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return (1, float(value), "")
+        return (0, float(value), "")
+    if str(value) in given:
+        return (1, given.index(str(value)), "")
     return (2, 0.0, str(value))
 
 

@@ -16,8 +16,10 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -61,15 +63,40 @@ def _log2_axes(ax: Axes, xlabel: str, ylabel: str, train_lengths: Iterable[int],
     legend when something is labelled."""
     for T in train_lengths:
         ax.axvline(T, color="grey", linestyle="--", linewidth=1)
-        ax.annotate(f"train T={T}", (T, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
-                    textcoords="offset points", fontsize=8, color="grey")
+        ax.annotate(f"train T={T}", (T, 1), xycoords=("data", "axes fraction"), xytext=(2, -4),  # vertical: T
+                    textcoords="offset points", fontsize=8, color="grey", rotation=90, va="top")  # may be close
     ax.set_xscale("log", base=2)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
     handles = ax.get_legend_handles_labels()[0]
     if legend and handles:
-        ax.legend(fontsize=7, ncol=2 if len(handles) > 6 else 1)
+        if len(handles) > 8:  # beside the axes: inside, a long legend hides the curves
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        else:
+            ax.legend(fontsize=7, ncol=2 if len(handles) > 6 else 1)
+
+
+def line_styles(results: list[Result]) -> list[dict[str, Any]]:
+    """Matplotlib styles for one line per result: with several state schemes, the linestyle tells the scheme
+    (solid, dashed, dotted, dash-dot) and the colour the rank of the result among its scheme's results (in a sweep
+    sorted by T, the same colour is the same T); with one scheme, one colour per result. Up to 20 colours."""
+    schemes = list(dict.fromkeys(str(r.get("scheme")) for r in results))
+    if len(schemes) == 1:
+        ranks = list(range(len(results)))
+    else:
+        seen: dict[str, int] = {}
+        ranks = []
+        for r in results:
+            key = str(r.get("scheme"))
+            ranks.append(seen.get(key, 0))
+            seen[key] = ranks[-1] + 1
+    palette = "tab10" if max(ranks, default=0) < 10 else "tab20"
+    dashes = ["-", "--", ":", "-."]
+    colors = colormaps[palette].colors
+    return [{"color": colors[rank % len(colors)],
+             "linestyle": dashes[schemes.index(str(r.get("scheme"))) % len(dashes)]}
+            for r, rank in zip(results, ranks)]
 
 
 def _save(fig: Figure, out: Path, title: str, header: Sequence[str], rows: Iterable[Sequence]) -> Path:
@@ -107,15 +134,16 @@ def _annotated_grid(fig: Figure, ax: Axes, grid: list[list[float]], columns: lis
 def plot_ppl_vs_length(results: list[Result], out: str | Path, title: str | None = None) -> Path:
     """Perplexity vs evaluation length, one line per result, labelled with its length-extension verdict."""
     runs, out = _runs_with("ppl_vs_length", results, out)
-    fig, axes = _figure(7, 4.5)
+    fig, axes = _figure(9.5 if len(runs) > 8 else 7, 4.5)
     ax, rows = axes[0, 0], []
-    for res in runs:
+    for res, style in zip(runs, line_styles(runs)):
         curve = res["ppl_vs_length"]
         xs = sorted(int(k) for k in curve)
         ys = [curve[str(x)] for x in xs]
         label = run_label(res)
         verdict = length_extension_verdict(curve, res.get("train_seq_len"))["verdict"]
-        ax.plot(xs, ys, marker="o", markersize=3.5, label=f"{label}: {verdict}" if verdict != "n/a" else label)
+        ax.plot(xs, ys, marker="o", markersize=3.5, label=f"{label}: {verdict}" if verdict != "n/a" else label,
+                **style)
         rows += [(label, x, y) for x, y in zip(xs, ys)]
     _log2_axes(ax, "evaluation length L (tokens)", "perplexity (per token)", _train_lengths(results))
     return _save(fig, out, title or "Perplexity vs evaluation length (zero initial state per sequence)",
