@@ -11,7 +11,7 @@ from longssm.config import EvalConfig, RunConfig, TrainConfig, from_dict, load_c
 from longssm.data.paths import shipped_configs
 from longssm.errors import UserError
 from longssm.models import build_model
-from longssm.quickstart import QUICKSTART
+from longssm.quickstart import quickstart_config
 
 CONFIGS = list(shipped_configs().values())
 
@@ -34,10 +34,10 @@ def test_shipped_config_parses_and_builds(path):
         assert 10_000_000 <= n <= 30_000_000
 
 
-def test_quickstart_yaml_is_the_quickstart():
+def test_quickstart_runs_the_shipped_yaml_with_pure_schemes():
     yaml_cfg = yaml.safe_load(shipped_configs()["quickstart"].read_text())
-    for section, values in QUICKSTART.items():
-        assert yaml_cfg[section] == values
+    assert quickstart_config() == yaml_cfg and yaml_cfg["name"] == "quickstart"
+    assert from_dict(RunConfig, yaml_cfg).state.zero_start_probability == 0.0  # not the default recipe's 0.1
 
 
 def test_overrides_are_typed_and_dotted():
