@@ -92,20 +92,25 @@ def reference(workdir) -> Path:
     return workdir / "reference"
 
 
-def test_ctrl_c_saves_the_current_step_and_resume_is_bit_identical(workdir, reference):
-    run = workdir / "interrupted"
-    proc = start(workdir, "interrupted")
+@pytest.mark.parametrize("sig,code,said", [(signal.SIGINT, 130, "interrupted"),
+                                           (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_a_stop_signal_saves_the_current_step_and_resume_is_bit_identical(workdir, reference, sig, code, said):
+    """Ctrl-C, or SIGTERM (a scheduler's preemption): the step in flight is saved, one line says where, the exit
+    code is the shell's for that signal, and resuming gives the uninterrupted run bit for bit."""
+    name = f"stopped-{sig.name}"
+    run = workdir / name
+    proc = start(workdir, name)
     wait_for(lambda: training(run), proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    assert proc.returncode == code and "Traceback" not in stderr, stderr
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and "interrupted; saved" in lines[0] and "--resume auto" in lines[0], stderr
+    assert len(lines) == 1 and f"{said}; saved" in lines[0] and "--resume auto" in lines[0], stderr
     saved = Path(lines[0].split("saved ")[1].split(";")[0])
     step = int(saved.name.removeprefix("step-"))
     assert 0 < step < int(STEPS) and saved == assert_loadable(run)
 
-    proc = longssm(*args(workdir, "interrupted", "--resume", "auto"))
+    proc = longssm(*args(workdir, name, "--resume", "auto"))
     assert proc.returncode == 0, proc.stderr
     assert f"resumed from {saved} at step {step}" in proc.stderr
     assert_same_run(run, reference)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -414,10 +415,12 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # the machine, not the input: a full disk, ...
         print(f"longssm {name}: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as e:  # train's carries where it saved the interrupted step
+    except KeyboardInterrupt as e:  # train's (``Stopped``) carries where it saved the step in flight
+        signum = getattr(e, "signum", signal.SIGINT)
         if _is_main_process():
-            print(f"longssm {name}: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
-        return 130
+            what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+            print(f"longssm {name}: {what}" + (f"; {e}" if str(e) else ""), file=sys.stderr)
+        return 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM: the shell's codes for these signals
     except SystemExit as e:  # --help and --print_config exit through argparse
         return int(e.code or 0)
     return 0

@@ -177,8 +177,9 @@ def train(
     (delete what that run wrote, ``checkpoint.RUN_ENTRIES``, once every input has been checked). "auto" skips a
     damaged newest checkpoint with a warning and resumes from the next older one.
 
-    Ctrl-C (SIGINT, main thread) lets the step in flight finish, saves a checkpoint of it and raises
-    ``KeyboardInterrupt`` (its message names the checkpoint); a second Ctrl-C stops at once.
+    Ctrl-C (SIGINT) or SIGTERM (main thread; in any process of a torchrun run) lets the step in flight finish in
+    every process, saves a checkpoint of it and raises ``Stopped`` (a ``KeyboardInterrupt`` whose message names the
+    checkpoint); a second signal stops at once.
 
     ``init_from`` (a run, checkpoint, Hugging Face or mamba_ssm directory, see ``convert.read_pretrained``) starts a
     new run from those weights with a new optimizer and schedule: its model config and tokenizer replace ``cfg``'s
@@ -284,7 +285,7 @@ def train(
     t_last, n_since = time.perf_counter(), 0
     last_loss: float | None = None  # None (JSON null) until a step's loss was finite
     model.train()
-    with deferred_sigint() as interrupted:
+    with deferred_stop_signals() as stop_signal:
         for step in range(start, tc.steps):
             batch = loader.batch(step).rows(own)
             init = schemes.initial(batch)
@@ -306,7 +307,7 @@ def train(
             if on_step is not None:
                 on_step(done, loss.item())
 
-            stop = shard.any(interrupted()) and done < tc.steps  # Ctrl-C during this step: save it, then stop
+            stop = shard.any(bool(stop_signal())) and done < tc.steps  # a signal in this step: save, stop
             log_due = done % tc.log_every == 0 or done == tc.steps
             periodic = tc.checkpoint_every > 0 and done % tc.checkpoint_every == 0
             checkpoint_due = (periodic or stop) and done < tc.steps
@@ -355,7 +356,7 @@ def train(
             if stop:
                 bar.close()
                 log.close()
-                raise KeyboardInterrupt(f"saved {ckpt}; continue with --resume auto")
+                raise Stopped(f"saved {ckpt}; continue with --resume auto", stop_signal() or signal.SIGTERM)
             bar.update(1)
     bar.close()
 
@@ -468,28 +469,41 @@ def _check_resumable(saved: ckpt_io.TrainingCheckpoint, cfg: RunConfig) -> None:
                         f"states belong to {saved.config.train.batch_size} streams")
 
 
+class Stopped(KeyboardInterrupt):
+    """Training stopped by a signal after saving the step in flight; ``signum``: SIGINT (Ctrl-C) or SIGTERM (a
+    scheduler's preemption, ``kill``, torchrun shutting its workers down). The message names the checkpoint."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextmanager
-def deferred_sigint() -> Iterator[Callable[[], bool]]:
-    """Within the block a first Ctrl-C (SIGINT) only sets a flag, which the yielded callable reads, so the step in
-    flight completes and can be saved; Python's handler is back at once, so a second Ctrl-C raises
-    ``KeyboardInterrupt`` where it lands (checkpoint writes are atomic: the saved ones stay intact). Changes nothing
-    outside the main thread or when SIGINT does not have Python's default handler (e.g. ignored)."""
-    requested = False
+def deferred_stop_signals() -> Iterator[Callable[[], int]]:
+    """Within the block a first SIGINT (Ctrl-C) or SIGTERM only records its number, which the yielded callable
+    returns (0: none yet), so the step in flight completes and can be saved; the signal's default handler is back at
+    once, so a second one acts where it lands (checkpoint writes are atomic: the saved ones stay intact). A signal
+    is left alone outside the main thread, or when it does not have its default handler (ignored, or the user's)."""
+    received = 0
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
 
     def handle(signum: int, frame: Any) -> None:
-        nonlocal requested
-        requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        nonlocal received
+        received = received or signum
+        signal.signal(signum, defaults[signum])
 
-    install = (threading.current_thread() is threading.main_thread()
-               and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
-    if install:
-        signal.signal(signal.SIGINT, handle)
+    installed = [s for s in STOP_SIGNALS if threading.current_thread() is threading.main_thread()
+                 and signal.getsignal(s) is defaults[s]]
+    for s in installed:
+        signal.signal(s, handle)
     try:
-        yield lambda: requested
+        yield lambda: received
     finally:
-        if install:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        for s in installed:
+            signal.signal(s, defaults[s])
 
 
 def _autocast(device: torch.device, dtype: str):
