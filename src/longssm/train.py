@@ -478,7 +478,8 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+"""The signals that stop training after saving the step in flight -> their default handlers."""
 
 
 @contextmanager
@@ -488,22 +489,21 @@ def deferred_stop_signals() -> Iterator[Callable[[], int]]:
     once, so a second one acts where it lands (checkpoint writes are atomic: the saved ones stay intact). A signal
     is left alone outside the main thread, or when it does not have its default handler (ignored, or the user's)."""
     received = 0
-    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
 
     def handle(signum: int, frame: Any) -> None:
         nonlocal received
         received = received or signum
-        signal.signal(signum, defaults[signum])
+        signal.signal(signum, STOP_SIGNALS[signum])
 
-    installed = [s for s in STOP_SIGNALS if threading.current_thread() is threading.main_thread()
-                 and signal.getsignal(s) is defaults[s]]
+    installed = [s for s, default in STOP_SIGNALS.items() if threading.current_thread() is threading.main_thread()
+                 and signal.getsignal(s) is default]
     for s in installed:
         signal.signal(s, handle)
     try:
         yield lambda: received
     finally:
         for s in installed:
-            signal.signal(s, defaults[s])
+            signal.signal(s, STOP_SIGNALS[s])
 
 
 def _autocast(device: torch.device, dtype: str):

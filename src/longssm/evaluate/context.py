@@ -68,17 +68,15 @@ class EvalContext:
     device: torch.device
     cache: EvalCache
     progress: bool
-    """Show progress bars (in rank 0 only)."""
+    """Show progress bars (``evaluate_run`` sets it in rank 0 only)."""
     shard: Shard = ALONE
     """This process's place among the processes that share the evaluation (``ALONE``: the only one)."""
 
     def bar(self, total: int, desc: str) -> tqdm:
-        """A progress bar counting ``total`` tokens of this process (silent when ``progress`` is off, and in every
-        rank but 0)."""
+        """A progress bar counting ``total`` tokens of this process (silent when ``progress`` is off)."""
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=desc, unit="tok", disable=not (self.progress and self.shard.is_main),
-                    leave=False, dynamic_ncols=True)
+        return tqdm(total=total, desc=desc, unit="tok", disable=not self.progress, leave=False, dynamic_ncols=True)
 
     def share(self, n: int) -> int:
         """How many of ``n`` sequences this process runs (the size of ``shard.part(n)``)."""

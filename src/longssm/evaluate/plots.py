@@ -82,15 +82,12 @@ def line_styles(results: list[Result]) -> list[dict[str, Any]]:
     (solid, dashed, dotted, dash-dot) and the colour the rank of the result among its scheme's results (in a sweep
     sorted by T, the same colour is the same T); with one scheme, one colour per result. Up to 20 colours."""
     schemes = list(dict.fromkeys(str(r.get("scheme")) for r in results))
-    if len(schemes) == 1:
-        ranks = list(range(len(results)))
-    else:
-        seen: dict[str, int] = {}
-        ranks = []
-        for r in results:
-            key = str(r.get("scheme"))
-            ranks.append(seen.get(key, 0))
-            seen[key] = ranks[-1] + 1
+    seen: dict[str, int] = {}  # results of each scheme so far: a result's rank among its scheme's
+    ranks = []
+    for r in results:
+        key = str(r.get("scheme"))
+        ranks.append(seen.get(key, 0))
+        seen[key] = ranks[-1] + 1
     palette = "tab10" if max(ranks, default=0) < 10 else "tab20"
     dashes = ["-", "--", ":", "-."]
     colors = colormaps[palette].colors
