@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import longssm
-import longssm.train as train_mod
+import longssm.train.loop as train_mod
 from conftest import REPO
 from longssm.config import ModelConfig
 from longssm.errors import UserError

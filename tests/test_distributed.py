@@ -26,15 +26,15 @@ from safetensors.torch import load_file
 from conftest import tiny_overrides
 from longssm.config import EvalConfig, ModelConfig, RunConfig, StateConfig, TrainConfig, from_dict
 from longssm.data.streams import Batch
-from longssm.distributed import ALONE, Shard, part, stream_slice
 from longssm.errors import UserError
 from longssm.evaluate.cache import EvalCache
 from longssm.evaluate.perplexity import ppl_vs_length
 from longssm.evaluate.run import evaluate_run
 from longssm.evaluate.state_stats import StateStats
 from longssm.models import build_model
-from longssm.state import StateSchemes
+from longssm.runtime.distributed import ALONE, Shard, part, stream_slice
 from longssm.train import train
+from longssm.train.schemes import StateSchemes
 
 STEPS, EVERY = 60, 4
 SHARDED_SCRIPT = r"""
@@ -43,7 +43,7 @@ import json, sys
 import torch
 
 sys.path.insert(0, sys.argv[1])  # the tests directory
-from longssm.distributed import init
+from longssm.runtime.distributed import init
 from test_distributed import scheme_windows, sharded_eval, sharded_state_stats
 
 shard, device = init(torch.device("cpu"))

@@ -9,7 +9,7 @@ import torch
 from longssm.config import SCHEMES, ModelConfig, StateConfig
 from longssm.data.streams import StreamLoader
 from longssm.models import build_model
-from longssm.state import StateSchemes, derangement
+from longssm.train.schemes import StateSchemes, derangement
 
 B = 6
 

@@ -11,10 +11,11 @@ import torch
 
 from conftest import tiny_overrides
 from longssm import checkpoint as ckpt_io
-from longssm import train as train_mod
 from longssm.config import RunConfig, from_dict
 from longssm.errors import UserError
-from longssm.train import lr_at, train
+from longssm.train import loop as train_mod
+from longssm.train import train
+from longssm.train.loop import lr_at
 
 
 def cfg_of(corpus, cache, **extra) -> RunConfig:
@@ -190,7 +191,7 @@ def test_steps_between_log_steps_read_nothing_back_from_the_device(tmp_path, cor
 
 def test_float16_scales_the_loss_skips_overflows_and_resumes_the_scaler(tmp_path, corpus_file, monkeypatch):
     # CPU runs refuse half precision; autocast to float16 on the CPU stands in for CUDA here
-    monkeypatch.setattr(train_mod, "_autocast", lambda device, dtype: torch.autocast("cpu", dtype=torch.float16))
+    monkeypatch.setattr(train_mod, "autocast_for", lambda device, dtype: torch.autocast("cpu", dtype=torch.float16))
     poison(monkeypatch, 3)  # NaN gradients at step 3: the scaler treats them as an overflow
     cfg = cfg_of(corpus_file, tmp_path / "cache", train__dtype="float16", train__steps=8, train__checkpoint_every=4)
     full: dict[int, float] = {}
@@ -200,7 +201,7 @@ def test_float16_scales_the_loss_skips_overflows_and_resumes_the_scaler(tmp_path
     assert all(math.isfinite(full[s]) for s in full if s != 3)
 
     monkeypatch.undo()
-    monkeypatch.setattr(train_mod, "_autocast", lambda device, dtype: torch.autocast("cpu", dtype=torch.float16))
+    monkeypatch.setattr(train_mod, "autocast_for", lambda device, dtype: torch.autocast("cpu", dtype=torch.float16))
     resumed: dict[int, float] = {}
     train(cfg, tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoints" / "step-00000004"),
           on_step=lambda s, l: resumed.__setitem__(s, l))

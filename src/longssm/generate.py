@@ -172,7 +172,7 @@ def load_for_generation(run: str | Path, device: str = "auto") -> tuple[nn.Modul
     tokenizer."""
     from .checkpoint import load_model
     from .data.tokenizer import load_tokenizer
-    from .train import resolve_device
+    from .runtime.device import resolve_device
 
     model, cfg, _ = load_model(run, device=resolve_device(device, "--device"))
     return model, load_tokenizer(cfg.data.tokenizer)

@@ -253,7 +253,8 @@ def train_cell_process(directory: Path) -> int:
     Returns the exit code: 0, or ``TRAINING_FAILED`` when the training stopped with a ``UserError``."""
     import torch
 
-    from .train import resolve_device, train
+    from .runtime.device import resolve_device
+    from .train import train
 
     cfg = from_dict(RunConfig, read_cell(directory)["config"])
     device = resolve_device(cfg.train.device)

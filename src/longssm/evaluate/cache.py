@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..distributed import ALONE, Shard
 from ..errors import UserError
+from ..runtime.distributed import ALONE, Shard
 from .registry import MetricResult
 
 T = TypeVar("T")

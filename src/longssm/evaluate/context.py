@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..config import EvalConfig
-from ..distributed import ALONE, Shard
+from ..runtime.distributed import ALONE, Shard
 from .cache import EvalCache
 from .perplexity import eval_token_count, make_sequences, sequence_losses
 from .state_stats import StateStats

@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..distributed import ALONE, Shard
 from ..errors import UserError
 from ..models.base import State, concat_states, select_rows
+from ..runtime.distributed import ALONE, Shard
 from .registry import MetricResult, check_json, register_metric
 
 if TYPE_CHECKING:

@@ -41,9 +41,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..distributed import ALONE, Shard
 from ..errors import UserError
 from ..models.base import State, concat_states
+from ..runtime.distributed import ALONE, Shard
 from .registry import MetricResult, register_metric
 
 if TYPE_CHECKING:

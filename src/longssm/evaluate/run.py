@@ -32,13 +32,13 @@ from typing import Any
 
 import torch
 
-from .. import distributed
 from ..checkpoint import is_complete, load_model
 from ..config import DEFAULT_LENGTHS, EvalConfig, to_dict
 from ..data.corpus import load_corpus
 from ..data.tokenizer import load_tokenizer
 from ..errors import UserError
-from ..train import resolve_device
+from ..runtime import distributed
+from ..runtime.device import resolve_device
 from .cache import EvalCache, model_hash
 from .context import EvalContext
 from .perplexity import default_tokens_per_forward, eval_token_count

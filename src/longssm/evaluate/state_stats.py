@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..distributed import Shard
 from ..models.base import State
+from ..runtime.distributed import Shard
 from .registry import MetricResult, register_metric
 
 if TYPE_CHECKING:

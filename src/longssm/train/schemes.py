@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import StateConfig
-from .data.streams import Batch
-from .distributed import ALONE, Shard
-from .models.base import State, detach_state, map_state, reset_rows
+from ..config import StateConfig
+from ..data.streams import Batch
+from ..models.base import State, detach_state, map_state, reset_rows
+from ..runtime.distributed import ALONE, Shard
 
 CARRYING = ("previous", "state_passing")
 

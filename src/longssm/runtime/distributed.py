@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def stream_slice(rank: int, world: int, batch_size: int) -> slice:

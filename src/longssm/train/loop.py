@@ -56,30 +56,19 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor
 
-from . import checkpoint as ckpt_io
-from . import distributed
-from .config import RunConfig, TrainConfig, to_dict
-from .convert import read_pretrained
-from .data.corpus import load_corpus
-from .data.paths import BUILTIN_PREFIX, resolve_path
-from .data.streams import Batch, StreamLoader
-from .data.tokenizer import load_tokenizer
-from .errors import UserError
-from .models import build_model
-from .models.base import State, concat_states, map_state, select_rows, state_norms
-from .state import StateSchemes, host_to_device
-
-
-def resolve_device(spec: str, flag: str = "train.device") -> torch.device:
-    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; errors name ``flag``, the option set."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"{flag}={spec} but CUDA is not available on this machine")
-    try:
-        return torch.device(spec)
-    except RuntimeError:
-        raise UserError(f"{flag} must be auto, cpu, cuda or cuda:N; got {spec!r}") from None
+from .. import checkpoint as ckpt_io
+from ..config import RunConfig, TrainConfig, to_dict
+from ..convert import read_pretrained
+from ..data.corpus import load_corpus
+from ..data.paths import BUILTIN_PREFIX, resolve_path
+from ..data.streams import Batch, StreamLoader
+from ..data.tokenizer import load_tokenizer
+from ..errors import UserError
+from ..models import build_model
+from ..models.base import State, concat_states, map_state, select_rows, state_norms
+from ..runtime import distributed
+from ..runtime.device import autocast_for, resolve_device
+from .schemes import StateSchemes, host_to_device
 
 
 def lr_at(step: int, cfg) -> float:
@@ -201,7 +190,7 @@ def train(
     if tc.threads:
         torch.set_num_threads(tc.threads)
     shard, device = distributed.init(resolve_device(tc.device))
-    autocast = _autocast(device, tc.dtype)
+    autocast = autocast_for(device, tc.dtype)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     cfg = resolve_config(cfg, tokenizer, shard.world)
     tc = cfg.train
@@ -506,20 +495,12 @@ def deferred_stop_signals() -> Iterator[Callable[[], int]]:
             signal.signal(s, STOP_SIGNALS[s])
 
 
-def _autocast(device: torch.device, dtype: str):
-    if dtype == "float32":
-        return torch.autocast(device.type, enabled=False)
-    if device.type != "cuda":
-        raise UserError(f"train.dtype={dtype} needs a CUDA device (CPU training runs in float32)")
-    return torch.autocast("cuda", dtype=getattr(torch, dtype))
-
-
 @torch.no_grad()
 def validate(model: torch.nn.Module, tokens: np.ndarray, tc: TrainConfig, device: torch.device,
              shard: distributed.Shard = distributed.ALONE) -> float:
     """Perplexity at the training length on the first ``eval_tokens`` validation tokens, zero initial state (the
     sequences split over the processes of ``shard``)."""
-    from .evaluate.perplexity import ppl_vs_length
+    from ..evaluate.perplexity import ppl_vs_length
 
     model.eval()
     T = tc.seq_len
