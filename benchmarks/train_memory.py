@@ -70,7 +70,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     common.set_threads(spec["threads"])
     device = torch.device(spec["device"])
     torch.manual_seed(0)
-    model = build_model(ModelConfig(family=spec["family"], vocab_size=spec["vocab"], **spec["model"])).to(device)
+    model = build_model(ModelConfig(family=spec["family"], vocab_size=spec["vocab"], **spec["model"]), device=device)
     optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, fused=True)
     B, T = spec["batch_size"], spec["T"]
     tokens = torch.randint(spec["vocab"], (B, T + 1), generator=torch.Generator().manual_seed(1)).to(device)

@@ -13,7 +13,7 @@ from longssm.checkpoint import load_weights
 from longssm.config import EvalConfig, ModelConfig, RunConfig, from_dict
 from longssm.errors import UserError
 from longssm.evaluate.run import evaluate_run
-from longssm.models import build_model
+from longssm.models import build_model, set_scan
 from longssm.models.base import load_state, save_state
 from longssm.models.registry import family_names
 from longssm.quickstart import quickstart
@@ -42,6 +42,20 @@ def test_state_is_a_flat_dict_of_real_batch_first_tensors(family):
     assert state.keys() == init.keys() and all(state[k].shape == init[k].shape for k in init)
     n_layer_keys = {k.split(".")[1] for k in init}
     assert n_layer_keys == {"0", "1"}  # every layer's state is carried
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_scan_is_chosen_when_the_model_is_built_and_again_by_set_scan(family):
+    model = build_model(ModelConfig(family=family, scan="reference", **SIZES))
+    chosen = lambda: {layer.mixer.scan_impl for layer in model.backbone.layers}  # noqa: E731
+    assert chosen() == {"reference"}
+    model.config.scan = "chunked"  # the config alone changes nothing: forward runs the stored choice
+    assert chosen() == {"reference"}
+    assert set_scan(model) is model and chosen() == {"chunked"}
+    assert set_scan(model, "reference") is model and chosen() == {"reference"} and model.config.scan == "reference"
+    with pytest.raises(UserError, match=r"model\.scan must be auto, chunked, reference, triton or mamba_ssm"):
+        set_scan(model, "cuda")
+    assert model.config.scan == "reference" and chosen() == {"reference"}  # a refused scan leaves the model as is
 
 
 @pytest.mark.parametrize("family", FAMILIES)

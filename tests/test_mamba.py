@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from longssm.config import ModelConfig
-from longssm.models import RecurrentLM, build_model
+from longssm.models import RecurrentLM, build_model, set_scan
 from longssm.models.base import detach_state
 from longssm.models.hf_adapters import hf_adapter
 
@@ -161,7 +161,7 @@ def test_adapter_reads_save_pretrained_and_mamba_ssm_files(transformers):
 @pytest.mark.parametrize("scan", ["reference", "chunked"])
 def test_logits_match_hf(transformers, scan):
     hf, ours = hf_pair(transformers, seed=3)
-    ours.config.scan = scan
+    set_scan(ours, scan)
     ours.load_state_dict(hf.state_dict(), strict=True)
     tokens = torch.randint(0, V, (2, 23))
     with torch.no_grad():

@@ -33,8 +33,9 @@ import torch.nn.functional as F
 os.environ["TRITON_INTERPRET"] = "1"
 
 from longssm.errors import UserError
-from longssm.models.lm import resolve_scan
-from longssm.ops import ssd_mamba_ssm
+from longssm.models import set_scan
+from longssm.ops import dispatch, ssd_mamba_ssm
+from longssm.ops.dispatch import resolve_scan
 from longssm.ops.ssd import ssd_ref
 from longssm.ops.ssd_mamba_ssm import ssd_mamba_ssm as ssd_adapter
 from test_mamba2 import NAMES, rel_err, run_with_grads, ssd_inputs, tiny_model, tokens
@@ -86,8 +87,8 @@ def fake_kernel(monkeypatch) -> list[dict]:
         return fake_mamba_chunk_scan_combined(*args, **kwargs)
 
     monkeypatch.setattr(ssd_mamba_ssm, "load", lambda: kernel)
-    monkeypatch.setattr(ssd_mamba_ssm, "unavailable", lambda: None)
-    monkeypatch.setattr(ssd_mamba_ssm, "interpreted", lambda: True)  # the fake takes CPU tensors
+    monkeypatch.setattr(dispatch, "mamba_ssm_unavailable", lambda: None)
+    monkeypatch.setattr(dispatch, "triton_interpreted", lambda: True)  # the fake takes CPU tensors
     return calls
 
 
@@ -128,15 +129,15 @@ def real_kernel():
                 if isinstance(tuner, Autotuner):
                     mp.setattr(tuner, "configs", tuner.configs[:1])
         ssd_mamba_ssm.load.cache_clear()
-        ssd_mamba_ssm.unavailable.cache_clear()
-        assert ssd_mamba_ssm.unavailable() is None and ssd_mamba_ssm.load() is kernel
-        assert ssd_mamba_ssm.interpreted(), "TRITON_INTERPRET=1 was not set before triton read it"
+        dispatch.mamba_ssm_unavailable.cache_clear()
+        assert dispatch.mamba_ssm_unavailable() is None and ssd_mamba_ssm.load() is kernel
+        assert dispatch.triton_interpreted(), "TRITON_INTERPRET=1 was not set before triton read it"
         yield kernel
     for name in own_modules():
         del sys.modules[name]
     sys.modules.update(saved)
     ssd_mamba_ssm.load.cache_clear()
-    ssd_mamba_ssm.unavailable.cache_clear()
+    dispatch.mamba_ssm_unavailable.cache_clear()
 
 
 def assert_matches_reference(l: int, chunk_size: int, tol: float) -> None:
@@ -161,7 +162,7 @@ def assert_model_matches_chunked(l: int) -> None:
     start = {k: torch.randn(v.shape, generator=gen) for k, v in model.initial_state(2).items()}
     results = {}
     for scan in ("mamba_ssm", "chunked"):
-        model.config.scan = scan
+        set_scan(model, scan)
         logits, state = model(seq, start)
         loss = (logits * torch.randn(logits.shape, generator=torch.Generator().manual_seed(3))).sum()
         loss = loss + sum(v.sum() for v in state.values())
@@ -172,7 +173,7 @@ def assert_model_matches_chunked(l: int) -> None:
     assert all(rel_err(state[k], state_ref[k]) < 1e-5 for k in state_ref)
     for (name, _), grad, grad_ref in zip(model.named_parameters(), grads, grads_ref):
         assert rel_err(grad, grad_ref) < 1e-5, name
-    model.config.scan = "mamba_ssm"
+    set_scan(model, "mamba_ssm")
     with torch.no_grad():
         first, carried = model(seq[:, :5], start)
         second, final = model(seq[:, 5:], carried)
@@ -212,14 +213,14 @@ def test_adapter_refuses_float64(fake_kernel):
 
 def test_model_with_fake_kernel_matches_chunked(fake_kernel):
     assert_model_matches_chunked(11)
-    assert fake_kernel, "model.scan mamba_ssm did not reach the kernel: Mamba2Mixer passes kernels=('mamba_ssm',)?"
+    assert fake_kernel, "model.scan mamba_ssm did not reach the kernel: does Mamba2Mixer declare its fast_kernels?"
 
 
 # ---- how model.scan picks it ----
 
 def test_resolve_scan_when_mamba_ssm_imports(monkeypatch):
-    monkeypatch.setattr(ssd_mamba_ssm, "unavailable", lambda: None)
-    monkeypatch.setattr(ssd_mamba_ssm, "interpreted", lambda: False)
+    monkeypatch.setattr(dispatch, "mamba_ssm_unavailable", lambda: None)
+    monkeypatch.setattr(dispatch, "triton_interpreted", lambda: False)
     kernels = ("mamba_ssm",)
     assert resolve_scan("auto", CUDA, kernels) == "mamba_ssm"
     assert resolve_scan("auto", CUDA, kernels, dtype=torch.bfloat16) == "mamba_ssm"
@@ -231,7 +232,7 @@ def test_resolve_scan_when_mamba_ssm_imports(monkeypatch):
     assert resolve_scan("mamba_ssm", CUDA, ("triton",)) == "chunked"  # Mamba-1
     with pytest.raises(UserError, match=r"model\.scan mamba_ssm runs on CUDA devices .* the model is on cpu"):
         resolve_scan("mamba_ssm", CPU, kernels)
-    monkeypatch.setattr(ssd_mamba_ssm, "interpreted", lambda: True)
+    monkeypatch.setattr(dispatch, "triton_interpreted", lambda: True)
     assert resolve_scan("mamba_ssm", CPU, kernels) == "mamba_ssm"  # the tests' case
     assert resolve_scan("auto", CPU, kernels) == "chunked"
 
@@ -241,7 +242,7 @@ def test_resolve_scan_when_mamba_ssm_is_missing(monkeypatch):
     for name in [k for k in sys.modules if k.startswith("mamba_ssm.")] + ["mamba_ssm"]:
         monkeypatch.setitem(sys.modules, name, None)
     ssd_mamba_ssm.load.cache_clear()
-    ssd_mamba_ssm.unavailable.cache_clear()
+    dispatch.mamba_ssm_unavailable.cache_clear()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
@@ -249,12 +250,11 @@ def test_resolve_scan_when_mamba_ssm_is_missing(monkeypatch):
         with pytest.raises(UserError, match=r"^model\.scan mamba_ssm needs the mamba_ssm package "
                                             r"\(pip install mamba-ssm\): ModuleNotFoundError: .*mamba_ssm"):
             resolve_scan("mamba_ssm", CUDA, ("mamba_ssm",))
-        model = tiny_model(torch.float32, n_layers=1, scan="mamba_ssm")
-        with pytest.raises(UserError, match="needs the mamba_ssm package"):
-            model(tokens(1, 3))
+        with pytest.raises(UserError, match="needs the mamba_ssm package"):  # when the model is built
+            tiny_model(torch.float32, n_layers=1, scan="mamba_ssm")
     finally:
         ssd_mamba_ssm.load.cache_clear()
-        ssd_mamba_ssm.unavailable.cache_clear()
+        dispatch.mamba_ssm_unavailable.cache_clear()
 
 
 # ---- the package's own kernel, interpreted on the CPU ----

@@ -23,9 +23,10 @@ import longssm.ops
 from conftest import tiny_overrides
 from longssm.config import ModelConfig, RunConfig, from_dict
 from longssm.errors import UserError
-from longssm.models import build_model, lm
-from longssm.models.lm import resolve_scan
+from longssm.models import build_model, set_scan
+from longssm.ops import dispatch
 from longssm.ops import selective_scan_triton as sst
+from longssm.ops.dispatch import resolve_scan
 from longssm.ops.selective_scan import selective_scan, selective_scan_ref
 from longssm.train import train
 
@@ -149,16 +150,16 @@ def test_resolve_scan(monkeypatch):
 def self_check_on_cpu(monkeypatch) -> None:
     """``auto`` on a CUDA device runs the real self-check, on the CPU (the interpreter runs the kernels there); the
     per-device cache of its verdict is emptied before and after the test."""
-    check = lm.triton_self_check
-    monkeypatch.setattr(lm, "triton_self_check", lambda device: check(torch.device("cpu")))
-    lm._triton_passes_self_check.cache_clear()
+    check = dispatch.triton_self_check
+    monkeypatch.setattr(dispatch, "triton_self_check", lambda device: check(torch.device("cpu")))
+    dispatch._triton_passes_self_check.cache_clear()
     yield
-    lm._triton_passes_self_check.cache_clear()
+    dispatch._triton_passes_self_check.cache_clear()
 
 
 def test_self_check_passes_under_the_interpreter():
     rng = torch.get_rng_state()
-    assert lm.triton_self_check(torch.device("cpu")) is None
+    assert dispatch.triton_self_check(torch.device("cpu")) is None
     assert torch.equal(torch.get_rng_state(), rng), "the self-check must not consume the caller's random stream"
 
 
@@ -209,12 +210,12 @@ def test_auto_falls_back_to_chunked_with_one_warning(monkeypatch, self_check_on_
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback on a machine without a GPU")
 def test_auto_on_a_missing_gpu_warns_and_runs_chunked():
-    lm._triton_passes_self_check.cache_clear()
+    dispatch._triton_passes_self_check.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match=r"self-check on cuda:7 \(\w+Error: .+\); using chunked"):
             assert resolve_scan("auto", torch.device("cuda", 7), kernels=("triton",)) == "chunked"
     finally:
-        lm._triton_passes_self_check.cache_clear()
+        dispatch._triton_passes_self_check.cache_clear()
 
 
 def test_auto_without_triton_runs_chunked_silently(monkeypatch, self_check_on_cpu):
@@ -246,7 +247,7 @@ def test_other_families_run_chunked_for_triton(family, triton_calls):
     torch.manual_seed(0)
     model = build_model(ModelConfig(**sizes, scan="triton")).eval()
     logits, state = model(tokens)
-    model.config.scan = "chunked"
+    set_scan(model, "chunked")
     logits_chunked, state_chunked = model(tokens)
     assert torch.equal(logits, logits_chunked) and all(torch.equal(state[k], state_chunked[k]) for k in state)
     assert not triton_calls
@@ -260,7 +261,7 @@ def test_tiny_training_run_matches_reference(tmp_path, corpus_file, triton_calls
                                                   train__steps=6, model__dropout=0.0))
         losses[scan] = []
         train(cfg, tmp_path / scan, on_step=lambda step, loss, scan=scan: losses[scan].append(loss))
-    assert triton_calls, 'model.scan triton did not reach the kernels: MambaMixer passes kernels=("triton",)?'
+    assert triton_calls, 'model.scan triton did not reach the kernels: MambaMixer declares fast_kernels = ("triton",)?'
     assert len(losses["triton"]) == 6
     for step, (ref, tri) in enumerate(zip(losses["reference"], losses["triton"]), 1):
         assert abs(tri - ref) < 1e-5, f"step {step}: triton {tri} vs reference {ref}"

@@ -1,28 +1,59 @@
 """Recurrent language models: one shell (``lm.RecurrentLM``) around the block of the family ``model.family`` names.
 
     lm.py           RecurrentLM (embedding -> pre-norm residual blocks -> final norm -> tied head), the block
-                    protocol RecurrentBlock, resolve_scan
-    layers.py       RMSNorm, CausalDepthwiseConv1d (shared by the families)
+                    protocol RecurrentBlock
+    layers.py       RMSNorm, CausalDepthwiseConv1d, the length-scale buffers, full_precision (shared by families)
     mamba.py, mamba2.py, s5.py, rnn.py       the built-in blocks
     registry.py     family names -> blocks (built-in, register_family, module:Class)
     hf_adapters.py  Hugging Face / mamba_ssm state-dict adapters
-    base.py         the stateful interface and family-agnostic state helpers
+    base.py         the state type and family-agnostic state helpers
+
+Which implementation of each block runs (``model.scan``) is chosen by ``ops.dispatch`` when the model is built
+(``build_model``) and again by ``set_scan``; model files hold the architecture only.
 """
 
 from __future__ import annotations
 
+import torch
+
 from ..config import ModelConfig
-from .base import State, StatefulLM
+from ..ops.dispatch import resolve_scan
+from .base import State
 from .lm import RecurrentLM
 from .registry import get_family
 
 
-def build_model(config: ModelConfig, *, tie_embeddings: bool | None = None) -> RecurrentLM:
-    """The language model of ``config.family`` (``config.vocab_size`` must be set); see ``RecurrentLM``.
+def build_model(
+    config: ModelConfig, *, device: torch.device | str | None = None, tie_embeddings: bool | None = None
+) -> RecurrentLM:
+    """The language model of ``config.family`` (``config.vocab_size`` must be set; see ``RecurrentLM``) on
+    ``device``, with the implementation of every block chosen for that device (``set_scan``).
+
+    The weights are initialised where torch creates tensors (the CPU unless a device context says otherwise) and
+    then moved to ``device`` (None: left there), so a seed gives the same weights on every device.
     ``tie_embeddings``: None = ``config.tie_embeddings``."""
     family = get_family(config.family)
     tie = config.tie_embeddings if tie_embeddings is None else tie_embeddings
-    return RecurrentLM(config, family.block, norm=family.norm, tie_embeddings=tie)
+    model = RecurrentLM(config, family.block, norm=family.norm, tie_embeddings=tie)
+    if device is not None:
+        model = model.to(device)
+    return set_scan(model)
 
 
-__all__ = ["RecurrentLM", "State", "StatefulLM", "build_model"]
+def set_scan(model: RecurrentLM, scan: str | None = None) -> RecurrentLM:
+    """Choose again which implementation every block of ``model`` runs, for the device and dtype its weights have
+    now: call it after moving the model (``model.to(...)``), or to run another ``model.scan`` (``scan``, stored in
+    ``model.config.scan``; None keeps the config's). Each block gets ``scan_impl`` from ``ops.dispatch.resolve_scan``
+    with the kernels its class declares in ``fast_kernels`` (none when it declares nothing); a scan that cannot run
+    here is a ``UserError`` and leaves the model as it was. Returns ``model``."""
+    scan = model.config.scan if scan is None else scan
+    weight = model.backbone.embeddings.weight
+    mixers = [layer.mixer for layer in model.backbone.layers]
+    impls = [resolve_scan(scan, weight.device, getattr(mixer, "fast_kernels", ()), weight.dtype) for mixer in mixers]
+    model.config.scan = scan
+    for mixer, impl in zip(mixers, impls):
+        mixer.scan_impl = impl
+    return model
+
+
+__all__ = ["RecurrentLM", "State", "build_model", "set_scan"]

@@ -20,24 +20,11 @@ the family: they are ``{k: f(v) for k, v in state.items()}``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
 
 import torch
 from torch import Tensor
 
 State = dict[str, Tensor]
-
-
-class StatefulLM(Protocol):
-    """What the training engine, the state schemes and the evaluators rely on."""
-
-    config: object
-
-    def __call__(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]: ...
-
-    def initial_state(
-        self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> State: ...
 
 
 def map_state(fn: Callable[[Tensor], Tensor], state: State) -> State:
@@ -63,19 +50,9 @@ def reset_rows(state: State, rows: Tensor) -> State:
     return map_state(reset, state)
 
 
-def state_to(state: State, device=None, dtype=None) -> State:
-    return map_state(lambda v: v.to(device=device, dtype=dtype), state)
-
-
 def concat_states(states: list[State]) -> State:
     """Concatenate several states along the batch dimension."""
     return {k: torch.cat([s[k] for s in states], dim=0) for k in states[0]}
-
-
-def layer_of(key: str) -> str:
-    """``"layers.3.ssm" -> "layers.3"``: the layer a state tensor belongs to (for per-layer statistics)."""
-    parts = key.split(".")
-    return ".".join(parts[:2]) if len(parts) >= 2 and parts[0] == "layers" else parts[0]
 
 
 def state_norms(state: State) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""Layers shared by several families: RMSNorm and the stateful causal depthwise convolution.
+"""Layers shared by several families: RMSNorm, the stateful causal depthwise convolution, the calibrated
+length-scale buffers of the Mamba mixers and the float32 promotion of carried states.
 
 Glossary
     b  batch        l  sequence length        c  channels        k  kernel width (d_conv)
@@ -8,6 +9,26 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from ..config import ModelConfig
+
+
+def register_length_scales(mixer: nn.Module, config: ModelConfig, layer_idx: int) -> None:
+    """Give a Mamba mixer its calibrated multipliers of Δ and A (``model.delta_scale``, ``model.a_scale`` of layer
+    ``layer_idx``; 1 when unset) as 0-dim buffers ``delta_scale`` and ``a_scale``.
+
+    They are non-persistent: they live in the config, not in the weights file (so HF export and strict loading see
+    the same tensors as before), and ``calibrate.py`` replaces them by tensors with gradients through
+    ``torch.func.functional_call``. Multiplying by 1 is exact, so an uncalibrated model is unchanged bit for bit.
+    """
+    for name in ("delta_scale", "a_scale"):
+        scales = getattr(config, name)
+        mixer.register_buffer(name, torch.tensor(1.0 if scales is None else scales[layer_idx]), persistent=False)
+
+
+def full_precision(t: Tensor) -> Tensor:
+    """``t`` in float32 when it is bfloat16 or float16 (the dtype autocast gives a mixer's outputs); else ``t``."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 class RMSNorm(nn.Module):

@@ -30,26 +30,33 @@ least float32 but keeps float64 when the model is float64, so the chunked recurr
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ModelConfig
+from ..ops.dispatch import ScanImpl
 from ..ops.selective_scan import selective_scan
-from .layers import CausalDepthwiseConv1d
-from .lm import register_length_scales, resolve_scan
+from .layers import CausalDepthwiseConv1d, register_length_scales
 
 
 class MambaMixer(nn.Module):
-    """The Mamba block's sequence mixer [1, Fig. 3]: gated, convolved selective SSM. (b, l, d) -> (b, l, d)."""
+    """The Mamba block's sequence mixer [1, Fig. 3]: gated, convolved selective SSM. (b, l, d) -> (b, l, d).
+
+    The selective scan runs ``scan_impl`` (``ops.selective_scan``'s ``impl``: chunked, reference, or the Triton
+    kernel of ``fast_kernels``), which ``build_model`` chooses.
+    """
+
+    fast_kernels: ClassVar[tuple[str, ...]] = ("triton",)
+    scan_impl: ScanImpl
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         d, e, n, k = config.d_model, config.d_inner, config.d_state, config.d_conv
         self.d_inner, self.d_state, self.d_conv = e, n, k
         self.dt_rank = config.dt_rank or math.ceil(d / 16)
-        self.config = config  # read at call time: config.scan may be switched after construction
 
         self.in_proj = nn.Linear(d, 2 * e, bias=False)  # -> x, z
         self.conv1d = CausalDepthwiseConv1d(e, k)
@@ -93,6 +100,6 @@ class MambaMixer(nn.Module):
         B = B * self.delta_scale
         y, ssm_state = selective_scan(
             x, delta, A, B, C, D=self.D, z=z, delta_bias=self.dt_proj.bias, delta_softplus=True,
-            initial_state=state["ssm"], impl=resolve_scan(self.config.scan, x.device, ("triton",), dtype=x.dtype),
+            initial_state=state["ssm"], impl=self.scan_impl,
         )  # y = (SSM(x) + D x) · silu(z), (b, l, e)
         return self.out_proj(y), {"conv": conv_state, "ssm": ssm_state}

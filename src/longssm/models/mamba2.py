@@ -38,6 +38,7 @@ Recurrent state per layer i (the whole past, so that any split of a sequence giv
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -45,10 +46,10 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..errors import UserError
+from ..ops.dispatch import ScanImpl
 from ..ops.ssd import ssd_chunked, ssd_ref
 from ..ops.ssd_mamba_ssm import ssd_mamba_ssm
-from .layers import CausalDepthwiseConv1d
-from .lm import register_length_scales, resolve_scan
+from .layers import CausalDepthwiseConv1d, register_length_scales
 
 
 class GatedRMSNorm(nn.Module):
@@ -72,7 +73,14 @@ class GatedRMSNorm(nn.Module):
 
 
 class Mamba2Mixer(nn.Module):
-    """The Mamba-2 block ([1] Fig. 6): (b, l, d) and a layer state -> (b, l, d) and the new layer state."""
+    """The Mamba-2 block ([1] Fig. 6): (b, l, d) and a layer state -> (b, l, d) and the new layer state.
+
+    The SSD runs ``scan_impl``, which ``build_model`` chooses: ``chunked`` (``ssd_chunked``), ``reference``
+    (``ssd_ref``) or the fused kernel of ``fast_kernels`` (``ssd_mamba_ssm``, [4]).
+    """
+
+    fast_kernels: ClassVar[tuple[str, ...]] = ("mamba_ssm",)
+    scan_impl: ScanImpl
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
@@ -84,7 +92,7 @@ class Mamba2Mixer(nn.Module):
         self.d_inner, self.d_state, self.n_groups, self.head_dim, self.d_conv = e, n, g, config.head_dim, k
         self.n_heads = e // config.head_dim
         self.conv_dim = e + 2 * g * n
-        self.config = config  # read at call time: config.scan may be switched after construction
+        self.chunk_size = config.chunk_size
         self.in_proj = nn.Linear(d, e + self.conv_dim + self.n_heads, bias=False)
         self.conv1d = CausalDepthwiseConv1d(self.conv_dim, k)
         self.dt_bias = nn.Parameter(torch.empty(self.n_heads))
@@ -124,12 +132,10 @@ class Mamba2Mixer(nn.Module):
         dt = F.softplus(dt + self.dt_bias) * self.delta_scale                          # Δ (b, l, h)
         A = -torch.exp(self.A_log) * self.a_scale                                      # (h,)
         args = (x.reshape(b, l, h, p), dt, A, B.reshape(b, l, g, n), C.reshape(b, l, g, n))
-        impl = resolve_scan(self.config.scan, u.device, kernels=("mamba_ssm",), dtype=u.dtype)
-        if impl == "chunked":
-            y, ssm_state = ssd_chunked(*args, D=self.D, initial_state=state["ssm"], chunk_size=self.config.chunk_size)
-        elif impl == "mamba_ssm":                                   # [4]: the same SSD as one fused kernel
-            y, ssm_state = ssd_mamba_ssm(*args, D=self.D, initial_state=state["ssm"],
-                                         chunk_size=self.config.chunk_size)
+        if self.scan_impl == "chunked":
+            y, ssm_state = ssd_chunked(*args, D=self.D, initial_state=state["ssm"], chunk_size=self.chunk_size)
+        elif self.scan_impl == "mamba_ssm":                         # [4]: the same SSD as one fused kernel
+            y, ssm_state = ssd_mamba_ssm(*args, D=self.D, initial_state=state["ssm"], chunk_size=self.chunk_size)
         else:
             y, ssm_state = ssd_ref(*args, D=self.D, initial_state=state["ssm"])
         y = self.norm(y.reshape(b, l, e), z)

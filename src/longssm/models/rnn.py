@@ -22,7 +22,9 @@ and its LSTM:
 
 Two implementations of the same weights (``model.scan``): ``chunked`` runs ``torch.nn.GRU`` / ``torch.nn.LSTM``
 (one layer, batch_first; cuDNN on CUDA), ``reference`` the loop of Eq. (1) / (2) written out below, one step
-per token, with the input projections W_i· u_t of all steps computed in one matmul first.
+per token, with the input projections W_i· u_t of all steps computed in one matmul first. Both run in at least
+float32 with autocast off, as every family's scan: under half-precision autocast the recurrence is not rounded to
+8 mantissa bits at every step, and the carried state stays float32 (oneDNN has no bfloat16 LSTM on some CPUs).
 
 Block (pre-norm residual):  u ← u + dropout(RNN(LayerNorm(u)))   (the residual and the norm are the shell's).
 
@@ -39,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ModelConfig
-from .lm import resolve_scan
+from ..ops.dispatch import ScanImpl
 
 __all__ = ["GRUMixer", "LSTMMixer"]
 
@@ -49,32 +51,39 @@ Hidden = tuple[Tensor, ...]
 
 class _TorchRNNMixer(nn.Module):
     """dropout(RNN(u)) with ``self.rnn`` a one-layer ``nn.GRU`` / ``nn.LSTM``; subclasses give its class, the
-    names of the state parts, and one step of its equation for the reference loop."""
+    names of the state parts, and one step of its equation for the reference loop. ``scan_impl`` (chosen by
+    ``build_model``): ``chunked`` runs ``self.rnn``, ``reference`` the loop of ``step``."""
 
     rnn_class: ClassVar[type[nn.RNNBase]]
     parts: ClassVar[tuple[str, ...]]
     step: ClassVar[Callable[[Tensor, Tensor, Hidden], Hidden]]
     """One step of the cell: input gates gi = W_i· u_t + b_i·, recurrent gates gh = W_h· h + b_h· (b, G d) and
     the state before the step -> the state after it (a staticmethod of the subclass)."""
+    scan_impl: ScanImpl
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
-        self.config = config  # read at call time: config.scan may be switched after construction
+        self.d_model = config.d_model
         self.rnn = self.rnn_class(config.d_model, config.d_model, num_layers=1, batch_first=True)
         self.dropout = nn.Dropout(config.dropout)
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         """h (d,), and c (d,) for the LSTM."""
-        return {part: (self.config.d_model,) for part in self.parts}
+        return {part: (self.d_model,) for part in self.parts}
 
     def forward(self, u: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """Eq. (1) or (2) over l steps. u (b, l, d), state {h (b, d)[, c (b, d)]} -> y (b, l, d), the new state."""
-        hidden = tuple(state[part].to(u.dtype) for part in self.parts)
-        if resolve_scan(self.config.scan, u.device) == "chunked":
-            y, hidden = self._torch_rnn(u, hidden)
-        else:
-            y, hidden = self._loop(u, hidden)
-        return self.dropout(y), dict(zip(self.parts, hidden))
+        """Eq. (1) or (2) over l steps. u (b, l, d), state {h (b, d)[, c (b, d)]} -> y (b, l, d) in u's dtype, the
+        new state in at least float32 (half-precision u is run in float32 with autocast off)."""
+        out_dtype = u.dtype
+        dtype = torch.promote_types(u.dtype, torch.float32)
+        u = u.to(dtype)
+        hidden = tuple(state[part].to(dtype) for part in self.parts)
+        with torch.autocast(u.device.type, enabled=False):
+            if self.scan_impl == "chunked":
+                y, hidden = self._torch_rnn(u, hidden)
+            else:
+                y, hidden = self._loop(u, hidden)
+        return self.dropout(y.to(out_dtype)), dict(zip(self.parts, hidden))
 
     def _torch_rnn(self, u: Tensor, hidden: Hidden) -> tuple[Tensor, Hidden]:
         """``nn.GRU`` / ``nn.LSTM``, which take and return (num_layers = 1, b, d) states: h, or the pair (h, c)."""

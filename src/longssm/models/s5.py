@@ -67,8 +67,8 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..errors import UserError
+from ..ops.dispatch import ScanImpl
 from ..ops.s5_scan import diag_scan_fast, diag_scan_ref
-from .lm import resolve_scan
 
 __all__ = ["S5SSM", "S5Mixer", "hippo_n", "init_lambda_v"]
 
@@ -174,12 +174,16 @@ class S5SSM(nn.Module):
 
 
 class S5Mixer(nn.Module):
-    """The S5 block inside the residual: dropout(GLU(W dropout(GELU(S5(u))))). (b, l, d) -> (b, l, d)."""
+    """The S5 block inside the residual: dropout(GLU(W dropout(GELU(S5(u))))). (b, l, d) -> (b, l, d).
+
+    Eq. (3) runs ``scan_impl`` (``chunked`` or ``reference``; S5 has no GPU kernel), which ``build_model`` chooses.
+    """
+
+    scan_impl: ScanImpl
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         d = config.d_model
-        self.config = config  # read at call time: config.scan may be switched after construction
         self.ssm = S5SSM(d, config.d_state, config.dt_min, config.dt_max, chunk_size=config.chunk_size)
         self.mix = nn.Linear(d, 2 * d)
         self.dropout = nn.Dropout(config.dropout)
@@ -191,7 +195,7 @@ class S5Mixer(nn.Module):
     def forward(self, u: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """u (b, l, d), state {ssm (b, n, 2)} -> out (b, l, d), the new state."""
         x0 = torch.view_as_complex(state["ssm"].to(u.dtype).contiguous())
-        z, x = self.ssm(u, x0, impl=resolve_scan(self.config.scan, u.device))
+        z, x = self.ssm(u, x0, impl=self.scan_impl)
         z = self.dropout(F.gelu(z))
         z = F.glu(self.mix(z), dim=-1)
         return self.dropout(z), {"ssm": torch.view_as_real(x).contiguous()}

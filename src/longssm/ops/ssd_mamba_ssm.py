@@ -23,7 +23,8 @@ The layouts are the same on both sides (``ssd.py`` follows [2]), so the mapping 
            kernels accumulate in float32, so a float64 model would silently lose its precision.
 A tail shorter than ``chunk_size``, and a chunk length that is no power of two, [2] handles itself (masked loads).
 
-``mamba_ssm`` is imported when first needed, never with longssm. [2]'s kernels take CUDA tensors; under
+``mamba_ssm`` is imported when first needed, never with longssm; whether it imports (and so whether ``model.scan``
+may pick it) is ``dispatch.mamba_ssm_unavailable``. [2]'s kernels take CUDA tensors; under
 ``TRITON_INTERPRET=1`` they run on CPU tensors only once its CUDA calls are stubbed (``tests/test_mamba_ssm_scan.py``).
 """
 
@@ -35,7 +36,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..errors import UserError, first_line
+from ..errors import UserError
 from .ssd import _check_shapes, _compute_dtype, _start_state
 
 
@@ -45,25 +46,6 @@ def load() -> Callable[..., tuple[Tensor, Tensor]]:
     from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
 
     return mamba_chunk_scan_combined
-
-
-@functools.cache
-def unavailable() -> str | None:
-    """None when ``load()`` works, else why not: the import error's type and first line (checked once)."""
-    try:
-        load()
-    except Exception as err:  # ImportError, or a broken CUDA / Triton build
-        return f"{type(err).__name__}: {first_line(err)}"
-    return None
-
-
-def interpreted() -> bool:
-    """True when Triton's interpreter is on (``TRITON_INTERPRET=1``): kernels built now run on CPU tensors."""
-    try:
-        import triton
-    except ImportError:
-        return False
-    return bool(triton.knobs.runtime.interpret)
 
 
 def ssd_mamba_ssm(

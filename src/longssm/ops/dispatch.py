@@ -1,0 +1,157 @@
+"""Which implementation of a family's recurrence runs on a device: the one place that reads ``model.scan``.
+
+    chunked     the fast exact algorithm of each family (blocked scans, ``nn.GRU`` / ``nn.LSTM``)
+    reference   the plain sequential loop of the same equations, kept as the oracle of every other implementation
+    triton      our Triton Mamba-1 scan (``selective_scan_triton.py``)
+    mamba_ssm   the fused SSD kernel of the optional ``mamba_ssm`` package (``ssd_mamba_ssm.py``), Mamba-2
+    auto        the best of these that runs here
+
+A family declares the fast kernels it has (``fast_kernels`` of its block class: Mamba-1 ``("triton",)``, Mamba-2
+``("mamba_ssm",)``, the others and user blocks none); ``longssm.models.build_model`` calls ``resolve_scan`` once per
+block when it builds the model, and ``longssm.models.set_scan`` again after the model moves or ``model.scan``
+changes. The blocks only read the stored choice: nothing here runs during a forward pass.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import warnings
+from collections.abc import Collection
+from typing import Literal
+
+import torch
+
+from ..errors import UserError, first_line
+from . import ssd_mamba_ssm
+
+__all__ = ["SCANS", "SELF_CHECK_TOL", "ScanImpl", "mamba_ssm_unavailable", "resolve_scan", "triton_interpreted",
+           "triton_self_check"]
+
+ScanImpl = Literal["chunked", "reference", "triton", "mamba_ssm"]
+"""What ``resolve_scan`` gives: the implementation a block runs."""
+
+SCANS = ("auto", "chunked", "reference", "triton", "mamba_ssm")
+"""The values of ``model.scan``."""
+
+
+def resolve_scan(
+    scan: str, device: torch.device, kernels: Collection[str] = (), dtype: torch.dtype | None = None
+) -> ScanImpl:
+    """The implementation ``model.scan`` selects on ``device`` for a family whose GPU kernels are ``kernels``.
+
+    ``chunked`` and ``reference`` run everywhere. Two GPU kernels, each tested against ``reference``: ``triton``
+    (Mamba-1 passes ``kernels=("triton",)``) and ``mamba_ssm`` (Mamba-2 passes ``kernels=("mamba_ssm",)``). A kernel
+    the family does not have runs ``chunked`` (so one config can sweep families); a kernel it has that cannot run
+    here is a ``UserError``: its package is missing, or the device is not CUDA. Triton kernels also run on the CPU
+    when ``TRITON_INTERPRET=1`` was set before they were built (Triton's interpreter: slow, for tests).
+
+    ``auto`` is the best available: ``chunked`` on the CPU (interpreter or not) and for float64 models (``dtype``:
+    both kernels compute in float32). On CUDA, Mamba-1 gets ``triton`` when triton is installed and
+    ``triton_self_check`` passes on ``device`` (run once per device and process; a failure warns once, naming the
+    reason, and gives ``chunked``); Mamba-2 gets ``mamba_ssm`` when the package imports, else ``chunked``.
+    """
+    if scan not in SCANS:
+        raise UserError(f"model.scan must be auto, chunked, reference, triton or mamba_ssm; got {scan!r}")
+    if scan in ("chunked", "reference"):
+        return scan
+    if scan == "auto":
+        if device.type != "cuda" or dtype == torch.float64:
+            return "chunked"
+        if "triton" in kernels and _triton_passes_self_check(device):
+            return "triton"
+        if "mamba_ssm" in kernels and mamba_ssm_unavailable() is None:
+            return "mamba_ssm"
+        return "chunked"
+    if scan not in kernels:
+        return "chunked"
+    if scan == "triton":
+        try:
+            from . import selective_scan_triton
+        except ImportError as err:
+            raise UserError("model.scan triton needs the triton package: pip install longssm[gpu]") from err
+        interpreted = selective_scan_triton.INTERPRETED
+    else:
+        reason = mamba_ssm_unavailable()
+        if reason is not None:
+            raise UserError(f"model.scan mamba_ssm needs the mamba_ssm package (pip install mamba-ssm): {reason}")
+        interpreted = triton_interpreted()
+    if device.type != "cuda" and not interpreted:
+        raise UserError(f"model.scan {scan} runs on CUDA devices (or on the CPU under TRITON_INTERPRET=1); "
+                        f"the model is on {device.type}: use model.scan chunked")
+    return scan
+
+
+@functools.cache
+def mamba_ssm_unavailable() -> str | None:
+    """None when ``ssd_mamba_ssm.load()`` works, else why not: the import error's type and first line (checked
+    once)."""
+    try:
+        ssd_mamba_ssm.load()
+    except Exception as err:  # ImportError, or a broken CUDA / Triton build
+        return f"{type(err).__name__}: {first_line(err)}"
+    return None
+
+
+def triton_interpreted() -> bool:
+    """True when Triton's interpreter is on (``TRITON_INTERPRET=1``): kernels built now run on CPU tensors."""
+    try:
+        import triton
+    except ImportError:
+        return False
+    return bool(triton.knobs.runtime.interpret)
+
+
+SELF_CHECK_TOL = 1e-4
+"""Largest relative error (norm) of the Triton scan in ``triton_self_check``; float32 is ~1e-6 there."""
+
+
+def triton_self_check(device: torch.device) -> str | None:
+    """Run the Triton Mamba-1 scan once on ``device`` against the chunked scan: None if they agree, else why not.
+
+    The problem is tiny and shaped like the mixer's calls: b = 2, l = 37 (a partial second checkpoint chunk),
+    e = 40 (a partial second block of channels), n = 16, with D, z, Δ bias, softplus and an initial state. The
+    Triton scan runs in float32 and ``selective_scan_fast`` in float64 on the same device; y, the final state and
+    the gradients of a fixed random linear function of both w.r.t. every input must agree to ``SELF_CHECK_TOL``
+    (relative norm). Any exception (no such device, a kernel that does not compile or launch) is a failure too.
+    The inputs come from a private generator, so the caller's random stream is untouched.
+    """
+    names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+    try:
+        from . import selective_scan_triton
+        from .selective_scan import selective_scan_fast
+
+        b, l, e, n = 2, 37, 40, 16
+        shapes = [(b, l, e), (b, l, e), (e, n), (b, l, n), (b, l, n), (e,), (b, l, e), (e,), (b, e, n)]
+        gen = torch.Generator().manual_seed(0)
+        inputs = [torch.randn(s, generator=gen, dtype=torch.float64).to(device) for s in shapes]
+        inputs[2] = -inputs[2].abs() - 0.1  # A < 0
+        weights = [torch.randn(s, generator=gen, dtype=torch.float64).to(device) for s in ((b, l, e), (b, e, n))]
+        results = []
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+            for scan, dtype in ((selective_scan_fast, torch.float64),
+                                (selective_scan_triton.selective_scan_triton, torch.float32)):
+                leaves = {k: v.to(dtype).requires_grad_() for k, v in zip(names, inputs)}
+                y, h = scan(**leaves, delta_softplus=True)
+                loss = (y * weights[0].to(dtype)).sum() + (h * weights[1].to(dtype)).sum()
+                grads = torch.autograd.grad(loss, list(leaves.values()))
+                results.append([t.detach().double().cpu() for t in (y, h, *grads)])
+    except Exception as err:
+        return f"{type(err).__name__}: {first_line(err)}"
+    for name, ref, got in zip(["y", "final state", *(f"grad {k}" for k in names)], *results):
+        err = ((got - ref).norm() / ref.norm().clamp_min(1e-6)).item()
+        if not err < SELF_CHECK_TOL:  # NaN fails too
+            return f"{name} off by {err:.1e} (relative)"
+    return None
+
+
+@functools.cache
+def _triton_passes_self_check(device: torch.device) -> bool:
+    """``triton_self_check`` once per device: False without triton (silently) or after a failure (one warning)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    reason = triton_self_check(device)
+    if reason is not None:
+        warnings.warn(f"model.scan auto: the Triton scan failed its self-check on {device} ({reason}); "
+                      "using chunked", RuntimeWarning, stacklevel=2)
+    return reason is None
