@@ -38,6 +38,7 @@ import common
 from longssm.config import EvalConfig
 from longssm.evaluate import remembrance
 from longssm.evaluate.perplexity import default_tokens_per_forward, sequence_losses
+from longssm.evaluate.registry import normalise_metrics
 from longssm.evaluate.state_stats import StateStats
 
 Subject = tuple[str, str]
@@ -76,8 +77,8 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
     batch_tokens is resolved here (EvalConfig's null = chosen from the vocabulary), so children get a number.
     """
     batch_tokens = args.batch_tokens or default_tokens_per_forward(adapters.VOCABS[args.vocab])
-    return EvalConfig(metrics=args.metrics, lengths=args.lengths, chunk=args.chunk, batch_tokens=batch_tokens,
-                      device="cpu", threads=args.threads)
+    return EvalConfig(metrics=normalise_metrics(args.metrics), lengths=args.lengths, chunk=args.chunk,
+                      batch_tokens=batch_tokens, device="cpu", threads=args.threads)
 
 
 # ----------------------------------------------------------------------------------------------------------

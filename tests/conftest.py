@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from longssm.data.paths import resolve_path
+from longssm.paths import resolve_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,8 +80,8 @@ def file_hashes(root: Path) -> dict[str, str]:
 FORK_SERVER = r"""
 import json, os, runpy, sys, traceback
 
-# what the commands import (torch, matplotlib, jsonargparse, ...), once; each command runs in a fresh fork
-import jsonargparse, longssm.cli, longssm.cli_parsing, longssm.evaluate.run, longssm.train
+# what the commands import (torch, matplotlib, ...), once; each command runs in a fresh fork
+import longssm.cli, longssm.cli_options, longssm.evaluate.run, longssm.train
 
 for line in sys.stdin:
     argv, stdout, stderr = json.loads(line)

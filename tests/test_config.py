@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
 import yaml
 
-from longssm.config import EvalConfig, RunConfig, TrainConfig, from_dict, load_config
-from longssm.data.paths import shipped_configs
-from longssm.errors import UserError
+from longssm.config import EvalConfig, RunConfig, StateConfig, TrainConfig, from_dict, load_config
+from longssm.errors import UNKNOWN_KEY, ConfigError, UserError
+from longssm.evaluate.registry import normalise_metrics
 from longssm.models import build_model
+from longssm.paths import shipped_configs
 from longssm.quickstart import quickstart_config
 
 CONFIGS = list(shipped_configs().values())
@@ -66,10 +69,77 @@ def test_shipped_configs_are_found_by_name_from_anywhere(tmp_path, monkeypatch):
 def test_ranges_are_checked_on_every_construction():
     with pytest.raises(UserError, match=r"train.grad_clip must be >= 0; got -1"):
         TrainConfig(grad_clip=-1.0)
-    with pytest.raises(UserError, match=r"every value of --passkey-depths must be in \[0, 1\]"):
+    with pytest.raises(UserError, match=r"every value of passkey_depths must be in \[0, 1\]"):
         EvalConfig(passkey_depths=[0.5, 2.0])
-    assert EvalConfig(metrics=["all"]).metrics[0] == "ppl_vs_length" and len(EvalConfig(metrics=["all"]).metrics) == 5
-    assert EvalConfig(metrics=["passkey", "ppl_vs_length"]).metrics == ["ppl_vs_length", "passkey"]
+
+
+def test_metric_names_are_normalised_by_the_evaluation_registry():
+    assert normalise_metrics(["all"])[0] == "ppl_vs_length" and len(normalise_metrics(["all"])) == 5
+    assert normalise_metrics(["passkey", "ppl_vs_length"]) == ["ppl_vs_length", "passkey"]
+    assert EvalConfig(metrics=["passkey", "ppl_vs_length"]).metrics == ["passkey", "ppl_vs_length"]  # as given
+    for bad in (["ppl_vs_length", "bogus"], []):
+        with pytest.raises(ConfigError) as e:
+            normalise_metrics(bad)
+        assert e.value.key == "metrics" and e.value.value == bad and "comma-separated subset" in e.value.expected
+
+
+@pytest.mark.parametrize("build, key, expected, value", [
+    (lambda: from_dict(RunConfig, {"train": {"lr": "fast"}}), "train.lr", "a number", "fast"),
+    (lambda: from_dict(RunConfig, {"train": {"steps": 5.5}}), "train.steps", "an integer", 5.5),
+    (lambda: from_dict(EvalConfig, {"max_tokens": "many"}), "max_tokens", "an integer or null", "many"),
+    (lambda: from_dict(EvalConfig, {"lengths": "16,,64"}), "lengths",
+     "comma-separated integers such as 16,64,256", "16,,64"),
+    (lambda: load_config(None, ["--train.seq_len", "0"]), "train.seq_len", ">= 1", 0),
+    (lambda: StateConfig(p_zero=1.5), "state.p_zero", "in [0, 1]", 1.5),
+    (lambda: EvalConfig(max_tokens=0), "max_tokens", ">= 1", 0),
+    (lambda: from_dict(RunConfig, {"state": {"scheme": "magic"}}), "state.scheme",
+     "one of zero, previous, random_noise, fitted_noise, state_passing", "magic"),
+    (lambda: from_dict(RunConfig, {"train": {"stepz": 3}}), "train.stepz", UNKNOWN_KEY, 3),
+    (lambda: load_config(None, {"modle": {"d_model": 3}}), "modle.d_model", UNKNOWN_KEY, 3),
+])
+def test_config_errors_carry_the_key_the_expected_type_and_the_value(build, key, expected, value):
+    with pytest.raises(ConfigError) as e:
+        build()
+    assert (e.value.key, e.value.expected, e.value.value) == (key, expected, value)
+    assert isinstance(e.value, UserError) and key in str(e.value) and "\n" not in str(e.value)
+    shown = e.value.render(lambda k: "--" + k.replace("_", "-"))  # how the command line names the key
+    assert ("--" + key.replace("_", "-") in shown) != e.value.unknown
+
+
+def test_unknown_keys_suggest_the_closest_one():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["--modle.d_model", "3"])
+    assert e.value.suggestion == "model.d_model" and str(e.value).endswith("(did you mean model.d_model?)")
+
+
+def test_text_values_are_coerced_as_yaml_scalars_would_be():
+    cfg = load_config(None, ["train.compile=yes", "--model.delta_scale", "[0.5, 2]", "--train.threads", "null",
+                             "--data.tokenizer", "123", "--train.lr=1e-3", "--train.compile"])
+    assert cfg.train.compile is True and cfg.model.delta_scale == [0.5, 2.0] and cfg.train.threads is None
+    assert cfg.data.tokenizer == "123" and cfg.train.lr == 1e-3 and isinstance(cfg.train.lr, float)
+    assert from_dict(RunConfig, {"train": {"lr": 1}}).train.lr == 1.0  # an int is a number
+    assert from_dict(RunConfig, {"model": None}).model == RunConfig().model  # an empty YAML section
+    for data in ({"train": {"steps": None}}, {"train": {"lr": "inf"}}, {"train": {"lr": True}}):
+        with pytest.raises(ConfigError):
+            from_dict(RunConfig, data)
+
+
+def test_yaml_files_that_are_not_a_mapping_or_not_yaml(tmp_path):
+    (tmp_path / "list.yaml").write_text("- train\n")
+    (tmp_path / "bad.yaml").write_text("train:\n  steps: [3\n")
+    with pytest.raises(UserError, match=r"list.yaml must hold a mapping \(model:, state:, data:, train: ...\)"):
+        load_config(tmp_path / "list.yaml")
+    with pytest.raises(UserError, match=r"bad.yaml is not valid YAML: .* \(line 3, column 1\)"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_the_config_module_imports_no_torch_registry_or_cli(tmp_path):
+    code = ("import sys; import longssm.config as c; c.RunConfig(); c.EvalConfig(); c.load_config('mamba_tiny'); "
+            "c.from_dict(c.RunConfig, {'model': {'family': 'no_such_family'}}); "
+            "print(sorted(m for m in sys.modules if m in ('torch', 'jsonargparse', 'longssm.models', 'longssm.cli', "
+            "'longssm.cli_options', 'longssm.evaluate', 'longssm.data')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert out.stdout.split() == ["[]"], out.stdout
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,8 @@ from longssm import checkpoint as ckpt_io
 
 STEPS = "200"  # long enough that every interruption below lands mid-run
 
+pytestmark = pytest.mark.slow  # every test trains in child processes (4 to 10 s each)
+
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, wiki_text) -> Path:

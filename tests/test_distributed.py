@@ -114,6 +114,7 @@ def two_process_run(tmp_path_factory, wiki_text) -> tuple[Path, dict]:
     return tmp / "run", config
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process(two_process_run, tmp_path):
     run2, config = two_process_run
     run1 = tmp_path / "run1"
@@ -127,6 +128,7 @@ def test_two_processes_equal_one_process(two_process_run, tmp_path):
     assert {json.loads(l).get("world_size") for l in (run2 / "metrics.jsonl").read_text().splitlines()} == {2}
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_identically(two_process_run, tmp_path):
     reference, config = two_process_run
     run = tmp_path / "run"
@@ -145,6 +147,7 @@ def test_killed_run_resumes_identically(two_process_run, tmp_path):
     assert losses(run) == losses(reference)
 
 
+@pytest.mark.slow
 def test_resume_on_another_number_of_processes_repartitions_the_streams(two_process_run, tmp_path, capfd):
     reference, config = two_process_run
     run = tmp_path / "run"
@@ -213,18 +216,21 @@ def two_process_results(tmp_path_factory) -> dict:
     return json.loads(proc.stdout.split("RESULT ", 1)[1])
 
 
+@pytest.mark.slow
 def test_sharded_evaluation_equals_one_process(two_process_results):
     single = sharded_eval(ALONE)
     for state in ("zero", "previous"):
         assert two_process_results["eval"][state] == pytest.approx(single[state], rel=1e-9)
 
 
+@pytest.mark.slow
 def test_state_stats_combined_over_processes_equal_one_process(two_process_results):
     single = sharded_state_stats(ALONE)
     assert two_process_results["state_stats"]["1"] == single["1"]  # rank 0 saw no rows
     assert numbers(two_process_results["state_stats"]["3"]) == pytest.approx(numbers(single["3"]), rel=1e-12)
 
 
+@pytest.mark.slow
 def test_every_state_scheme_gives_the_one_process_states(two_process_results):
     single = scheme_windows(ALONE)
     for name in SCHEMES:
@@ -275,6 +281,7 @@ def numbers(value: Any, where: str = "") -> dict[str, float]:
     return {where: value} if isinstance(value, (int, float)) and not isinstance(value, bool) else {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("state", ["zero", "previous"])
 def test_sharded_eval_command_equals_one_process(two_process_run, two_process_evals, state):
     run, _ = two_process_run
@@ -295,6 +302,7 @@ def test_sharded_eval_command_equals_one_process(two_process_run, two_process_ev
         assert proc.stdout.count("| run |") == 1 and proc.stderr.count("wrote ") == 2
 
 
+@pytest.mark.slow
 def test_sharded_eval_hits_are_decided_together(two_process_evals):
     cold, previous, warm = (two_process_evals[name] for name in ("zero", "previous", "zero, warm"))
     # ppl_vs_length at L = 8, 32, 128 (128: read off the position pass), position_ppl, state_stats, EffRem

@@ -102,14 +102,18 @@ def run_dir(tmp_path_factory, wiki_text) -> Path:
     return tiny_run(tmp_path_factory.mktemp("lmeval"), wiki_text)
 
 
-def write_tasks(folder: Path, docs: list[str]) -> None:
-    """A perplexity task over ``docs`` (as the harness's wikitext task) and a two-way multiple-choice task."""
+QUESTIONS = [("The cat sat on the", "mat", "of"), ("In the year", "1990", "the"), ("He was born in", "the", "xq"),
+             ("The river flows", "into", "zzz"), ("It is", "a", "qj")]
+
+
+def write_tasks(folder: Path, docs: list[str], questions: list[dict]) -> None:
+    """A perplexity task over ``docs`` (as the harness's wikitext task) and a multiple-choice task of ``questions``
+    ({"q", "choices", "label"}; the harness scores each choice as the continuation " " + choice)."""
     folder.mkdir()
     with open(folder / "docs.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps({"text": d}) + "\n" for d in docs)
     with open(folder / "choices.jsonl", "w", encoding="utf-8") as f:
-        for q, a, b in [("The cat sat on the", " mat", " of"), ("In the year", " 1990", " the")]:
-            f.write(json.dumps({"q": q, "choices": [a, b], "label": 0}) + "\n")
+        f.writelines(json.dumps(q) + "\n" for q in questions)
     (folder / "local_ppl.yaml").write_text(f"""task: local_ppl
 dataset_path: json
 dataset_kwargs:
@@ -139,11 +143,14 @@ metric_list:
 """)
 
 
+@pytest.mark.slow
 def test_cli_lm_eval_runs_local_tasks_offline(run_dir, tmp_path, wiki_text, capsys, monkeypatch):
     for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
         monkeypatch.setenv(var, "1")
     docs = [wiki_text[:3000], wiki_text[5000:5500]]  # the first one is longer than --chunk: several forward calls
-    write_tasks(tmp_path / "tasks", docs)
+    lm = LongSSMLM(str(run_dir), device="cpu")
+    questions, expected_acc = labelled_questions(lm)
+    write_tasks(tmp_path / "tasks", docs, questions)
     out = tmp_path / "results.json"
     code = main(["lm-eval", str(run_dir), "--tasks", "local_ppl,local_choice", "--include-path",
                  str(tmp_path / "tasks"), "--batch-size", "2", "--chunk", "256", "--device", "cpu",
@@ -154,11 +161,30 @@ def test_cli_lm_eval_runs_local_tasks_offline(run_dir, tmp_path, wiki_text, caps
         assert name in stdout
     results = json.loads(out.read_text())["results"]
     # bits per byte from the harness = the direct sum of log-probabilities with the run's model (float32)
-    lm = LongSSMLM(str(run_dir), device="cpu")
     logprob = sum(float(token_logprobs(lm.model, [NEWLINE, *lm.tok_encode(d)]).sum()) for d in docs)
     n_bytes = sum(len(d.encode("utf-8")) for d in docs)
     assert results["local_ppl"]["bits_per_byte,none"] == pytest.approx(-logprob / n_bytes / math.log(2), rel=1e-4)
-    assert 0 <= results["local_choice"]["acc,none"] <= 1
+    assert results["local_choice"]["acc,none"] == expected_acc
+
+
+def labelled_questions(lm: LongSSMLM) -> tuple[list[dict], float]:
+    """QUESTIONS labelled from the model's own direct log-likelihoods, and the accuracy the harness must find.
+
+    The choices are ordered so that the one the model prefers (Σ log q of " " + choice after the question) is at
+    index PREFERRED[i], and LABELS makes the model right on 4 of 5: accuracy 0.8, where a harness or adapter that
+    scores wrongly in any consistent way gets another (always index 0: 0.6, always 1: 0.4, the less likely: 0.2).
+    """
+    preferred, labels = [0, 1, 0, 1, 1], [0, 1, 0, 1, 0]
+    questions = []
+    for (q, *choices), want in zip(QUESTIONS, preferred):
+        ctx = lm.tok_encode(q)
+        logq = [float(token_logprobs(lm.model, ctx + lm.tok_encode(" " + c))[len(ctx) - 1:].sum()) for c in choices]
+        assert abs(logq[0] - logq[1]) > 1e-3, (q, logq)  # no near-tie that float32 batching could flip
+        best = choices[max(range(2), key=logq.__getitem__)]
+        ordered = [best, next(c for c in choices if c != best)]
+        questions.append({"q": q, "choices": ordered if want == 0 else ordered[::-1], "label": labels[len(questions)]})
+    acc = sum(p == l for p, l in zip(preferred, labels)) / len(labels)
+    return questions, acc
 
 
 def test_cli_lm_eval_without_the_harness_says_how_to_install_it(run_dir, capsys, monkeypatch):

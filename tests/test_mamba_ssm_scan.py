@@ -259,10 +259,12 @@ def test_resolve_scan_when_mamba_ssm_is_missing(monkeypatch):
 
 # ---- the package's own kernel, interpreted on the CPU ----
 
+@pytest.mark.slow
 @pytest.mark.parametrize("l,chunk_size", [(13, 4), (3, 8), (11, 6)])  # partial chunk; l < chunk; no power of 2
 def test_adapter_matches_reference_with_real_kernel(real_kernel, l, chunk_size):
     assert_matches_reference(l, chunk_size, tol=2e-5)
 
 
+@pytest.mark.slow
 def test_model_with_real_kernel_matches_chunked(real_kernel):
     assert_model_matches_chunked(11)

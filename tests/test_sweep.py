@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from child_rss import SLACK_MB, kernel_measured, read_log
 from conftest import tiny_overrides
 from longssm import sweep as sweep_module
-from longssm.cli import main
+from longssm.cli import main, option_table
 from longssm.config import EvalConfig
-from longssm.sweep import parse_grid, split_sweep_args
+from longssm.sweep import parse_grid
 
 EVAL = EvalConfig(lengths=[8, 32, 128], max_tokens=2000)
 
@@ -29,16 +30,39 @@ def write_config(tmp_path: Path, corpus: Path, **extra) -> Path:
     return path
 
 
+def measure_training_children(monkeypatch, log: Path) -> None:
+    """Run every cell's training child (``python -m longssm.sweep CELL_DIR``) through ``kernel_measured``."""
+    run = subprocess.run
+
+    def measured_run(argv, *args, **kwargs):
+        if list(argv[:3]) == [sys.executable, "-m", "longssm.sweep"]:
+            argv = kernel_measured(list(argv), log)
+        return run(argv, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", measured_run)
+
+
+@pytest.mark.slow
 def test_two_by_two_sweep_then_a_rerun_that_trains_nothing(tmp_path, corpus_file, monkeypatch):
     config, out = write_config(tmp_path, corpus_file), tmp_path / "sweep"
     grid = ["train.seq_len=8,16", "state.scheme=zero,previous"]
-    summary = sweep_module.sweep(str(config), grid, out, EVAL, overrides=["--train.steps", "6"], progress=False)
+    log = tmp_path / "maxrss.jsonl"
+    with monkeypatch.context() as patch:
+        measure_training_children(patch, log)
+        started = time.perf_counter()
+        summary = sweep_module.sweep(str(config), grid, out, EVAL, overrides=["--train.steps", "6"], progress=False)
+        sweep_seconds = time.perf_counter() - started
+    kernel_mb = {Path(r["argv"][-1]).name: r["maxrss_mb"] for r in read_log(log)}  # cell -> its child's peak
 
     rows = summary["rows"]
     assert [tuple(r["values"].values()) for r in rows] == [(8, "zero"), (8, "previous"), (16, "zero"), (16, "previous")]
+    assert set(kernel_mb) == {r["cell"] for r in rows}, kernel_mb  # one training child per cell, each measured
+    assert sum(r["train_seconds"] for r in rows) < sweep_seconds  # each child's training time is within the sweep's
     for row in rows:
         assert set(row["ppl_vs_length"]) == {"8", "32", "128"} and row["verdict"] in ("strong", "weak", "none")
-        assert row["train_seconds"] > 0 and row["train_peak_mb"] > 50 and not row["failed"]
+        assert row["train_seconds"] > 0 and not row["failed"] and row["memory"] == "process_peak_rss"
+        # the peak RSS the child reported of itself is the one the kernel counted for that process
+        assert row["train_peak_mb"] <= kernel_mb[row["cell"]] <= row["train_peak_mb"] + SLACK_MB, row
         cell = out / "cells" / row["cell"]
         assert (cell / "final" / "model.safetensors").is_file() and (cell / "metrics.jsonl").is_file()
     table = (out / "results.md").read_text()
@@ -63,6 +87,7 @@ def test_two_by_two_sweep_then_a_rerun_that_trains_nothing(tmp_path, corpus_file
     assert len(list((out / "cells").iterdir())) == 4
 
 
+@pytest.mark.slow
 def test_a_killed_cell_resumes_from_its_checkpoint(tmp_path, corpus_file):
     config = write_config(tmp_path, corpus_file, train__steps=300, train__checkpoint_every=10, train__log_every=10)
     out = tmp_path / "sweep"
@@ -103,13 +128,13 @@ def test_bad_grids_are_one_line_errors(tmp_path, corpus_file, capsys, args, mess
     assert not (tmp_path / "sweep" / "cells").exists()  # nothing trained
 
 
-def test_sweep_arguments_are_split_into_options_grid_and_overrides():
-    own, overrides = split_sweep_args(["--config", "configs/a.yaml", "--grid", "train.seq_len=16,64", "--out",
-                                       "runs/x.1", "--model.d_model", "64", "--grid=state.scheme=zero,previous",
-                                       "--no-progress", "train.lr=1e-3"])
-    assert own == ["--config", "configs/a.yaml", "--out", "runs/x.1", "--no-progress",
-                   "--grid", json.dumps(["train.seq_len=16,64", "state.scheme=zero,previous"])]
-    assert overrides == ["--model.d_model", "64", "train.lr=1e-3"]
+def test_sweep_arguments_are_sorted_into_options_grid_and_overrides():
+    parsed = option_table("sweep").parse(["--config", "configs/a.yaml", "--grid", "train.seq_len=16,64", "--out",
+                                          "runs/x.1", "--model.d_model", "64", "--grid=state.scheme=zero,previous",
+                                          "--no-progress", "train.lr=1e-3"])
+    assert parsed.params == {"config_file": "configs/a.yaml", "out": "runs/x.1", "progress": False,
+                             "grid": ["train.seq_len=16,64", "state.scheme=zero,previous"]}
+    assert parsed.config == {"model.d_model": 64, "train.lr": 1e-3}
     assert parse_grid(["train.seq_len=16, 64", "state.scheme=zero"]) == {"train.seq_len": ["16", "64"],
                                                                         "state.scheme": ["zero"]}
 

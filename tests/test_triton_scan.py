@@ -157,12 +157,14 @@ def self_check_on_cpu(monkeypatch) -> None:
     dispatch._triton_passes_self_check.cache_clear()
 
 
+@pytest.mark.slow
 def test_self_check_passes_under_the_interpreter():
     rng = torch.get_rng_state()
     assert dispatch.triton_self_check(torch.device("cpu")) is None
     assert torch.equal(torch.get_rng_state(), rng), "the self-check must not consume the caller's random stream"
 
 
+@pytest.mark.slow
 def test_auto_picks_triton_on_cuda_after_the_self_check(self_check_on_cpu):
     cuda = torch.device("cuda")
     with warnings.catch_warnings():
@@ -189,6 +191,7 @@ def raising(*args, **kwargs):
     raise RuntimeError("PTX JIT compilation failed\nptxas fatal: unresolved symbol")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel,reason", [
     (raising, r"\(RuntimeError: PTX JIT compilation failed\); using chunked$"),
     (scaled(0, 1.001), r"\(y off by 1\.0e-03 \(relative\)\)"),
@@ -253,6 +256,7 @@ def test_other_families_run_chunked_for_triton(family, triton_calls):
     assert not triton_calls
 
 
+@pytest.mark.slow
 def test_tiny_training_run_matches_reference(tmp_path, corpus_file, triton_calls):
     """``model.scan triton`` (interpreted) and ``reference`` give the same loss at every step of a tiny run."""
     losses: dict[str, list[float]] = {}
@@ -285,6 +289,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_kernels_compile_for_a_gpu_without_one():
     """The interpreter runs Python, not Triton's compiler: build both kernels down to sm_90 machine code (every
     flag on, then off) in a process without TRITON_INTERPRET, so that CI also checks what a GPU would run."""
@@ -323,6 +328,7 @@ print("ok")
 """
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="launches the compiled kernels: needs a CUDA GPU")
 def test_compiled_kernels_on_cuda():
     """The compiled kernels on a GPU against the float64 reference, in a process without TRITON_INTERPRET."""

@@ -1,24 +1,27 @@
 """The ``longssm`` command line. Each subcommand is a plain function; its signature is its configuration.
 
-``longssm CMD --help`` lists every option, generated from the function's signature and docstring and, where a
-command takes one, from the fields of ``RunConfig`` (``train``) or ``EvalConfig`` (``eval``, ``compare``).
-``--print_config`` prints the resolved YAML and exits. Bad input is one line on stderr and exit code 2.
+``longssm CMD --help`` lists every option, generated (``cli_options.py``) from the function's signature and
+docstring and, where a command takes one, from the fields of ``RunConfig`` (``train``; the overrides of
+``quickstart`` and ``sweep``) or ``EvalConfig`` (``eval``, ``compare``). ``--print-config`` prints the resolved
+YAML and exits. This is the only module that maps config keys to flags: a ``ConfigError`` on key ``max_tokens`` is
+shown as ``--max-tokens``, one on ``train.lr`` as ``--train.lr``. Bad input is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import json
 import os
 import signal
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import EvalConfig, RunConfig
-from .errors import UserError
+import yaml
+
+from .cli_options import Command, OptionTable, Parsed
+from .config import EvalConfig, RunConfig, apply_overrides, from_dict, load_config, read_config_file, to_dict
+from .errors import ConfigError, UserError
 
 
 def train(cfg: RunConfig, run_dir: str | None = None, resume: str | None = None, init_from: str | None = None,
@@ -106,6 +109,8 @@ def quickstart(out: str = "runs/quickstart", family: str = "mamba,s5", steps: in
                overrides: list[str] | None = None) -> None:
     """Zero vs previous initial state at T=16 on the shipped data, Mamba and S5: trainings, evaluation, table, plot.
 
+    Dotted config keys (--model.d_model 64, train.lr=1e-3) override the config of both runs of every family.
+
     Args:
         out: Output directory (a sweep directory: rerun to resume).
         family: Comma-separated model families (mamba, mamba2, s5, gru, lstm), each trained twice.
@@ -114,7 +119,6 @@ def quickstart(out: str = "runs/quickstart", family: str = "mamba,s5", steps: in
         eval_tokens: Validation tokens evaluated at every length.
         max_length: Longest evaluation length.
         progress: Show progress bars (--no-progress turns them off).
-        overrides: Dotted config keys for both runs, e.g. --model.d_model 64 (given directly, not as a list).
     """
     from .quickstart import quickstart as run_quickstart
 
@@ -123,12 +127,14 @@ def quickstart(out: str = "runs/quickstart", family: str = "mamba,s5", steps: in
 
 def sweep(config_file: str | None = None, grid: list[str] | None = None, out: str = "runs/sweep",
           lengths: list[int] | None = None, eval_tokens: int = 65536, metrics: list[str] | None = None,
-          progress: bool = True, overrides: list[str] | None = None) -> None:
+          progress: bool = True, overrides: dict[str, Any] | None = None) -> None:
     """Train every cell of a grid of config values (resumable), evaluate each, and write the table and plots.
 
+    Dotted config keys (--train.steps 500, model.d_model=64) override the config of every cell; --grid keys vary
+    over the cells.
+
     Args:
-        config_file: YAML config of every cell (a file or a shipped config's name, e.g. paper/fig6_cpu); also
-            given as --config.
+        config_file: YAML config of every cell (a file or a shipped config's name, e.g. paper/fig6_cpu).
         grid: KEY=V1,V2,... over any config key, e.g. --grid train.seq_len=16,64 --grid state.scheme=zero,previous;
             the cells are the cartesian product of the --grid options.
         out: Output directory: cells/ (each cell's run directory), results.md, results.json, plots. Rerun the
@@ -137,12 +143,12 @@ def sweep(config_file: str | None = None, grid: list[str] | None = None, out: st
         eval_tokens: Validation tokens evaluated at every length.
         metrics: Comma-separated metrics (ppl_vs_length is always computed).
         progress: Show progress bars (--no-progress turns them off).
-        overrides: Dotted config keys for every cell, e.g. --train.steps 500 (given directly, not as a list).
     """
+    from .evaluate.registry import normalise_metrics
     from .sweep import sweep as run_sweep
 
     eval_cfg = EvalConfig(lengths=lengths, max_tokens=eval_tokens,
-                          metrics=sorted({"ppl_vs_length", *(metrics or [])}))
+                          metrics=normalise_metrics(sorted({"ppl_vs_length", *(metrics or [])})))
     summary = run_sweep(config_file, grid or [], out, eval_cfg, overrides=overrides, progress=progress)
     print((Path(out) / "results.md").read_text())
     for f in summary["files"]:
@@ -171,8 +177,6 @@ def generate(run: str, prompt: str | None = None, prompt_file: str | None = None
     """
     from .generate import Sampler, generate_from_run
 
-    if not run:
-        raise UserError("missing argument: run (a run or checkpoint directory)")
     if (prompt is None) == (prompt_file is None):
         raise UserError("give exactly one of --prompt TEXT and --prompt-file FILE")
     text = prompt if prompt_file is None else Path(prompt_file).read_text(encoding="utf-8")
@@ -200,8 +204,6 @@ def lm_eval(run: str, tasks: list[str], include_path: str | None = None, limit: 
     """
     from .lm_eval_adapter import LongSSMLM, evaluate_tasks, results_table
 
-    if not run:
-        raise UserError("missing argument: run (a run or checkpoint directory)")
     results = evaluate_tasks(LongSSMLM(run, device=device, batch_size=batch_size, chunk=chunk, eot=eot), tasks,
                              include_path, limit, output)
     print(results_table(results))
@@ -219,8 +221,6 @@ def import_checkpoint(path: str, out: str, tokenizer: str | None = None) -> None
     """
     from .convert import import_checkpoint as run_import
 
-    if not path:
-        raise UserError("missing argument: path (a checkpoint directory)")
     print(f"wrote {run_import(path, out, tokenizer)}")
 
 
@@ -234,8 +234,6 @@ def export(run: str, out: str, format: Literal["hf"] = "hf") -> None:
     """
     from .convert import export_hf
 
-    if not run:
-        raise UserError("missing argument: run (a run or checkpoint directory)")
     print(f"wrote {export_hf(run, out)}")
 
 
@@ -260,8 +258,6 @@ def calibrate(run: str, method: Literal["delta_scale", "a_scale"], target_length
     """
     from .calibrate import calibrate_run
 
-    if not run:
-        raise UserError("missing argument: run (a run or checkpoint directory)")
     summary = calibrate_run(run, method, target_length, data, out, steps, lr, windows, chunk)
     print(json.dumps(summary))
 
@@ -271,115 +267,65 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-@dataclass(frozen=True)
-class Command:
-    function: Callable[..., None]
-    config: type | None = None
-    """Dataclass whose fields are options of this command (passed as ``cfg``)."""
-    positional: tuple[tuple[str, str], ...] = ()
-    """(name, nargs) of positional arguments."""
-    aliases: tuple[tuple[str, str], ...] = ()
-    """(flag the user types, option it means)."""
-
-
 COMMANDS: dict[str, Command] = {
-    "train": Command(train, RunConfig, aliases=(("--no-progress", "--train.progress=false"),)),
-    "eval": Command(evaluate, EvalConfig, positional=(("run", "?"),),
-                    aliases=(("--json", "--json_out"), ("--no-cache", "--use_cache=false"))),
-    "plot": Command(plot, positional=(("results", "+"),)),
-    "compare": Command(compare, EvalConfig, positional=(("results", "+"),),
-                       aliases=(("--no-cache", "--use_cache=false"),)),
-    "quickstart": Command(quickstart),
-    "sweep": Command(sweep, aliases=(("--config", "--config_file"),)),
-    "generate": Command(generate, positional=(("run", "?"),)),
-    "lm-eval": Command(lm_eval, positional=(("run", "?"),)),
-    "import": Command(import_checkpoint, positional=(("path", "?"),)),
-    "export": Command(export, positional=(("run", "?"),)),
-    "calibrate": Command(calibrate, positional=(("run", "?"),)),
+    "train": Command(train, RunConfig, switches=(("progress", "train.progress"),)),
+    "eval": Command(evaluate, EvalConfig, positional=("run",), flags=(("json_out", "json"), ("use_cache", "cache"))),
+    "plot": Command(plot, positional=("results",)),
+    "compare": Command(compare, EvalConfig, positional=("results",), flags=(("use_cache", "cache"),)),
+    "quickstart": Command(quickstart, overrides=True),
+    "sweep": Command(sweep, flags=(("config_file", "config"),), repeated=("grid",), overrides=True),
+    "generate": Command(generate, positional=("run",)),
+    "lm-eval": Command(lm_eval, positional=("run",)),
+    "import": Command(import_checkpoint, positional=("path",)),
+    "export": Command(export, positional=("run",)),
+    "calibrate": Command(calibrate, positional=("run",)),
 }
 
 
-def _summary(function: Callable) -> str:
+@functools.cache
+def option_table(name: str) -> OptionTable:
+    """The option table of subcommand ``name`` (built on first use)."""
+    return OptionTable(name, COMMANDS[name])
+
+
+def _summary(function: Any) -> str:
     return " ".join((function.__doc__ or "").strip().split("\n\n")[0].split())
 
 
-def build_parser(name: str) -> tuple[Any, dict[str, Any]]:
-    """The jsonargparse parser of subcommand ``name`` and the option types (dotted key -> type)."""
-    from .cli_parsing import add_dataclass, function_types, new_parser
+def build_config(cls: type, parsed: Parsed) -> Any:
+    """The command's config: ``--config`` (if given), then the config options in the order typed; checked, with
+    the names only a registry knows (``model.family``, ``--metrics``) checked too, before any work starts."""
+    if cls is RunConfig:
+        cfg = load_config(parsed.config_file, parsed.config)
+        from .models.registry import get_family
 
-    command = COMMANDS[name]
-    parser = new_parser(prog=f"longssm {name}", description=_summary(command.function))
-    types: dict[str, Any] = {}
-    if command.config is not None:
-        types.update(add_dataclass(parser, command.config))
-    skip = {"cfg", "overrides"} | {p for p, _ in command.positional}
-    parser.add_function_arguments(command.function, nested_key=None, as_group=False, skip=skip, fail_untyped=True)
-    for positional, nargs in command.positional:
-        parser.add_argument(positional, nargs=nargs, help=_arg_doc(command.function, positional))
-    types.update(function_types(command.function, skip))
-    return parser, types
+        get_family(cfg.model.family)
+        return cfg
+    data = read_config_file(parsed.config_file) if parsed.config_file is not None else {}
+    cfg = from_dict(cls, apply_overrides(data, parsed.config))
+    from .evaluate.registry import normalise_metrics
 
-
-def _arg_doc(function: Callable, name: str) -> str:
-    doc = function.__doc__ or ""
-    for line in doc.splitlines():
-        if line.strip().startswith(f"{name}:"):
-            return line.split(":", 1)[1].strip()
-    return ""
-
-
-def split_overrides(args: list[str]) -> tuple[list[str], list[str]]:
-    """Quickstart: separate its own options from dotted config overrides (``--model.d_model 64``, ``a.b=1``)."""
-    own, overrides = [], []
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        key = arg.lstrip("-").split("=", 1)[0]
-        dotted = "." in key and (arg.startswith("--") or not arg.startswith("-"))
-        if dotted:
-            takes_value = "=" not in arg and i + 1 < len(args) and not args[i + 1].startswith("--")
-            overrides += args[i:i + 1 + takes_value]
-            i += 1 + takes_value
-        else:
-            own.append(arg)
-            i += 1
-    return own, overrides
+    cfg.metrics = normalise_metrics(cfg.metrics)
+    return cfg
 
 
 def run_command(name: str, args: list[str]) -> None:
     """Parse ``args`` for subcommand ``name`` and run it; bad input raises ``UserError``."""
-    from jsonargparse import ArgumentError
-
-    from .cli_parsing import build_dataclass, namespace_dict, normalise_args, one_line_error, resolve_config_args
-
-    command = COMMANDS[name]
-    overrides: list[str] = []
-    if name == "quickstart":
-        args, overrides = split_overrides(args)
-        from .config import load_config
-
-        load_config(None, overrides)  # a bad key fails now, before any training
-    elif name == "sweep":
-        from .sweep import split_sweep_args
-
-        args, overrides = split_sweep_args(args)
-    parser, types = build_parser(name)
-    aliases = dict(command.aliases)
-    args = [aliases.get(a, a) for a in args]
-    try:
-        ns = parser.parse_args(resolve_config_args(normalise_args(args, types)))
-    except ArgumentError as e:
-        raise one_line_error(e, types) from None
-    values = namespace_dict(ns)
-    kwargs: dict[str, Any] = {}
+    command, table = COMMANDS[name], option_table(name)
+    parsed = table.parse(args)
+    if parsed.help:
+        print(table.help(), end="")
+        return
+    kwargs = dict(parsed.params)
     if command.config is not None:
-        fields = {f.name for f in dataclasses.fields(command.config)}
-        kwargs["cfg"] = build_dataclass(command.config, {k: values.pop(k) for k in list(values) if k in fields})
-    if name in ("quickstart", "sweep"):
-        kwargs["overrides"] = overrides
-    if name == "eval" and not values.get("run"):
-        raise UserError("missing argument: run (a run or checkpoint directory)")
-    command.function(**values, **kwargs)
+        cfg = build_config(command.config, parsed)
+        if parsed.print_config:
+            print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+            return
+        kwargs["cfg"] = cfg
+    if command.overrides:
+        kwargs["overrides"] = parsed.config
+    command.function(**kwargs)
 
 
 def overview() -> str:
@@ -406,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         run_command(name, argv[1:])
+    except ConfigError as e:  # the key spelled as the flag that sets it
+        print(f"longssm {name}: error: {e.render(option_table(name).flag_of)}", file=sys.stderr)
+        return 2
     except UserError as e:
         print(f"longssm {name}: error: {e}", file=sys.stderr)
         return 2
@@ -421,8 +370,6 @@ def main(argv: list[str] | None = None) -> int:
             what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
             print(f"longssm {name}: {what}" + (f"; {e}" if str(e) else ""), file=sys.stderr)
         return 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM: the shell's codes for these signals
-    except SystemExit as e:  # --help and --print_config exit through argparse
-        return int(e.code or 0)
     return 0
 
 

@@ -2,12 +2,17 @@
 
 A field is declared as ``name: type = spec(default, ge=..., gt=..., le=...)`` followed by its one-line docstring.
 From this single declaration come
+- YAML config files (``--config FILE``; they mirror the dataclasses: ``model:``, ``state:``, ``data:``, ``train:``)
+  and dicts, read by :func:`from_dict` / :func:`load_config` with this module's own typed coercion (:func:`coerce`);
 - the command line (``longssm train --help`` lists every ``--model.*``, ``--state.*``, ``--train.*`` key with its
-  type, default, range and docstring; built with jsonargparse in ``cli.py``),
-- YAML config files (``--config FILE``; they mirror the dataclasses: ``model:``, ``state:``, ``data:``, ``train:``),
-- validation: types are checked by the parser, ranges and choices by :meth:`Checked.__post_init__` — for every
-  construction, from the CLI, YAML, a run's ``config.yaml`` or Python. Errors are ``UserError`` naming the
-  dotted key the user typed.
+  type, default, range and docstring; built from :func:`leaf_fields` by ``cli_options.py``);
+- validation: types are checked on reading, ranges and ``Literal`` choices by :meth:`Checked.__post_init__` — for
+  every construction, from the CLI, YAML, a run's ``config.yaml`` or Python. Errors are ``errors.ConfigError``
+  naming the dotted key (``train.lr must be a number; got 'fast'``) with the key, expected type and value as fields.
+
+Names that only a registry knows (``model.family``, ``EvalConfig.metrics``) are checked where they are used (the
+models' ``get_family``, the evaluation's ``normalise_metrics``), so that this module imports neither torch nor a
+registry: it is a leaf (``errors``, ``paths``, yaml, the standard library).
 
 ``RunConfig`` describes a training run (saved as ``<run>/config.yaml``); ``EvalConfig`` the evaluation settings
 shared by ``longssm eval``, ``compare``, ``quickstart`` and the benchmarks.
@@ -15,13 +20,24 @@ shared by ``longssm eval``, ``compare``, ``quickstart`` and the benchmarks.
 
 from __future__ import annotations
 
+import ast
+import copy
 import dataclasses
+import difflib
+import functools
+import inspect
+import itertools
+import re
+import textwrap
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import UserError
+import yaml
+
+from .errors import UNKNOWN_KEY, ConfigError, UserError, first_line
+from .paths import resolve_config_file
 
 SCHEMES = ("zero", "previous", "random_noise", "fitted_noise", "state_passing")
 DEFAULT_LENGTHS = tuple(16 * 2**i for i in range(12))
@@ -44,18 +60,25 @@ def range_text(bounds: dict[str, float]) -> str:
     return " and ".join(f"{ops[k]} {v:g}" for k, v in bounds.items())
 
 
+def in_bounds(value: float, bounds: dict[str, float]) -> bool:
+    """``value`` satisfies every bound of ``bounds`` (NaN satisfies none)."""
+    return (("ge" not in bounds or value >= bounds["ge"]) and ("gt" not in bounds or value > bounds["gt"])
+            and ("le" not in bounds or value <= bounds["le"]))
+
+
 @dataclass
 class Checked:
     """Mixin: validates every field's range (from ``spec``) and ``Literal`` choices, then calls ``check()``.
 
     Subclasses set ``SECTION`` (the dotted prefix of their keys: ``"model"``, ``"train"``, ...) so that errors
-    name the key as the user typed it, and override ``check()`` for constraints between fields.
+    name the key as it is written in YAML, and override ``check()`` for constraints between fields.
     """
 
     SECTION: typing.ClassVar[str] = ""
 
     def key(self, name: str) -> str:
-        return f"{self.SECTION}.{name}" if self.SECTION else f"--{name.replace('_', '-')}"
+        """The dotted key of field ``name``: ``"train.lr"``; flat (``"max_tokens"``) without a ``SECTION``."""
+        return f"{self.SECTION}.{name}" if self.SECTION else name
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -66,15 +89,11 @@ class Checked:
                 continue
             choices = literal_choices(hints[f.name])
             if choices and value not in choices:
-                raise UserError(f"{self.key(f.name)} must be one of {', '.join(map(str, choices))}; got {value!r}")
-            values = value if isinstance(value, (list, tuple)) else [value]
-            for v in values:
-                if not isinstance(v, (int, float)):
-                    continue
-                if (("ge" in bounds and not v >= bounds["ge"]) or ("gt" in bounds and not v > bounds["gt"])
-                        or ("le" in bounds and not v <= bounds["le"])):
-                    what = "every value of " if isinstance(value, (list, tuple)) else ""
-                    raise UserError(f"{what}{self.key(f.name)} must be {range_text(bounds)}; got {value!r}")
+                raise ConfigError(self.key(f.name), choice_text(choices), value)
+            is_list = isinstance(value, (list, tuple))
+            for v in value if is_list else [value]:
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and not in_bounds(v, bounds):
+                    raise ConfigError(self.key(f.name), range_text(bounds), value, every=is_list)
         self.check()
 
     def check(self) -> None:
@@ -89,6 +108,10 @@ def literal_choices(tp: Any) -> tuple[Any, ...]:
         if typing.get_origin(arg) is Literal:
             return typing.get_args(arg)
     return ()
+
+
+def choice_text(choices: tuple[Any, ...]) -> str:
+    return "one of " + ", ".join(map(str, choices))
 
 
 @dataclass
@@ -139,13 +162,9 @@ class ModelConfig(Checked):
     """Per-layer multiplier of A, one value per layer (Mamba-1/2; set by longssm calibrate); null = 1."""
 
     def check(self) -> None:
-        from .models.registry import family_names, is_known_family
-
-        if not is_known_family(self.family):
-            raise UserError(f"model.family must be one of {', '.join(family_names())} (or module:BlockClass); "
-                            f"got {self.family!r}")
+        # model.family is checked where it is used (models.registry.get_family): only the registry knows the names
         if self.dt_min > self.dt_max:
-            raise UserError(f"model.dt_min must be <= model.dt_max; got {self.dt_min} > {self.dt_max}")
+            raise ConfigError("model.dt_min", "<= model.dt_max", self.dt_min, got=f"{self.dt_min} > {self.dt_max}")
         for name in ("delta_scale", "a_scale"):
             scales = getattr(self, name)
             if scales is not None and len(scales) != self.n_layers:
@@ -299,7 +318,8 @@ class EvalConfig(Checked):
     data: str | None = None
     """Text or .npy token file to evaluate on; null = the run's validation file."""
     metrics: list[str] = spec(factory=lambda: ["ppl_vs_length"])
-    """Comma-separated metrics (ppl_vs_length, position_ppl, effective_remembrance, passkey, state_stats) or all."""
+    """Comma-separated metrics (ppl_vs_length, position_ppl, effective_remembrance, passkey, state_stats) or all;
+    the evaluation runs them in that order."""
     lengths: list[int] | None = spec(None, ge=1)
     """Comma-separated evaluation lengths; null = 16, 32, ..., 32768 up to what the data holds."""
     max_tokens: int | None = spec(None, ge=1)
@@ -338,33 +358,194 @@ class EvalConfig(Checked):
     """torch CPU threads; null = torch's default (1 is fastest on a busy machine)."""
 
     def check(self) -> None:
-        from .evaluate.registry import metric_names
-
-        known = metric_names()
-        if self.metrics == ["all"]:
-            self.metrics = list(known)
-        unknown = [m for m in self.metrics if m not in known]
-        if unknown or not self.metrics:
-            raise UserError(f"--metrics must be a comma-separated subset of {','.join(known)} (or all); "
-                            f"got {','.join(self.metrics) or 'nothing'}")
-        self.metrics = [m for m in known if m in self.metrics]  # canonical order
+        # metric names are checked, 'all' expanded and put in canonical order by the evaluation, which registers
+        # them (evaluate.registry.normalise_metrics)
         if self.lengths is not None:
             self.lengths = sorted(set(self.lengths))
         if self.passkey_lengths is not None:
             self.passkey_lengths = sorted(set(self.passkey_lengths))
         if not self.passkey_depths:
-            raise UserError("passkey_depths must hold at least one depth in [0, 1]")
+            raise ConfigError("passkey_depths", "at least one depth in [0, 1]", self.passkey_depths)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Reading configs: YAML files, dicts and dotted overrides all go through the one jsonargparse parser.
+# Typed coercion: a value read from YAML, a dict or the command line's text -> the field's type.
+
+NULL_TEXTS = frozenset({"null", "Null", "NULL", "~", "None"})
+"""Text that means ``None`` for an optional field (YAML's null spellings, and Python's)."""
+BOOL_TEXTS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+"""Text of a boolean (YAML 1.1's spellings, any case)."""
+_INT_TEXT = re.compile(r"[-+]?\d+")
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_SCALAR_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
-def config_parser(cls: type = RunConfig):
-    """A jsonargparse parser whose options are the fields of ``cls`` (``--model.d_model`` ...) plus ``--config``."""
-    from .cli_parsing import dataclass_parser
+def type_text(tp: Any) -> str:
+    """How an error names what a type takes: ``int`` -> "an integer", ``list[int]`` -> "comma-separated integers
+    such as 16,64,256", ``int | None`` -> "an integer or null"."""
+    choices = literal_choices(tp)
+    if choices:
+        return choice_text(choices)
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    list_type = tp if typing.get_origin(tp) is list else next((a for a in args if typing.get_origin(a) is list), None)
+    if list_type is not None:
+        inner = typing.get_args(list_type)[0]
+        plural = {int: "integers", float: "numbers", str: "names"}.get(inner, "values")
+        return f"comma-separated {plural} such as " + {int: "16,64,256", float: "0,0.5,1"}.get(inner, "a,b")
+    if args and is_optional(tp):
+        return " or ".join(_SCALAR_NAMES.get(a, getattr(a, "__name__", str(a))) for a in args) + " or null"
+    return _SCALAR_NAMES.get(tp, getattr(tp, "__name__", str(tp)))
 
-    return dataclass_parser(cls)
+
+def is_optional(tp: Any) -> bool:
+    return type(None) in typing.get_args(tp)
+
+
+def strip_optional(tp: Any) -> Any:
+    """``int | None`` -> ``int``; other types unchanged."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if is_optional(tp) and len(args) == 1 else tp
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` as type ``tp`` (that of config key ``key``), from YAML, a dict or command-line text.
+
+    Accepted: ``int`` (an integer, or its text), ``float`` (a number, an integer included, or its text: ``1e-3``),
+    ``bool`` (true/false, or the text true/false/yes/no/on/off), ``str`` (a string, as given), ``Literal`` (one of
+    its choices), ``list[int | float | str]`` (a list, comma-separated text ``16,64``, or YAML text ``[16, 64]``)
+    and ``X | None`` (also ``None`` or the text ``null``). Anything else raises ``ConfigError(key, type_text(tp),
+    value)``.
+    """
+    if is_optional(tp):
+        if value is None or (isinstance(value, str) and value.strip() in NULL_TEXTS):
+            return None
+        try:
+            return coerce(value, strip_optional(tp), key)
+        except ConfigError as e:
+            raise ConfigError(key, type_text(tp), value, every=e.every) from None
+    if literal_choices(tp):
+        if isinstance(value, str) and value.strip() in literal_choices(tp):
+            return value.strip()
+        raise ConfigError(key, type_text(tp), value)
+    if typing.get_origin(tp) is list:
+        items = _list_items(value)
+        try:
+            if items is None:
+                raise ConfigError(key, type_text(tp), value)
+            return [_scalar(item, typing.get_args(tp)[0], key) for item in items]
+        except ConfigError:
+            raise ConfigError(key, type_text(tp), value) from None
+    return _scalar(value, tp, key)
+
+
+def _list_items(value: Any) -> list[Any] | None:
+    """A list value's items: a list or tuple as is, text split at commas (``[...]`` read as YAML)."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            parsed = yaml.safe_load(text)
+        except yaml.YAMLError:
+            return None
+        return parsed if isinstance(parsed, list) else None
+    return [item.strip() for item in text.split(",")]
+
+
+def _scalar(value: Any, tp: Any, key: str) -> Any:
+    """``value`` as the scalar type ``tp`` (``int``, ``float``, ``bool``, ``str``)."""
+    text = value.strip() if isinstance(value, str) else None
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if text is not None and text.lower() in BOOL_TEXTS:
+            return BOOL_TEXTS[text.lower()]
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if text is not None and _INT_TEXT.fullmatch(text):
+            return int(text)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if text is not None and _FLOAT_TEXT.fullmatch(text):
+            return float(text)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"config key {key}: unsupported field type {tp!r}")
+    raise ConfigError(key, type_text(tp), value)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The schema, field by field: what the command line and --help are built from.
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """One leaf field of a config dataclass, as the command line and ``--help`` show it."""
+
+    key: str
+    """Dotted key (``"train.lr"``; ``"max_tokens"`` for a flat dataclass such as ``EvalConfig``)."""
+    type: Any
+    default: Any
+    """The default value (that of the field's factory for lists)."""
+    bounds: dict[str, float]
+    doc: str
+    """The field's attribute docstring, on one line."""
+    owner: type
+    """The dataclass that declares the field (its docstring titles the field's section of ``--help``)."""
+
+
+def leaf_fields(cls: type, prefix: str = "") -> list[FieldInfo]:
+    """Every leaf field of dataclass ``cls``, nested sections flattened in declaration order."""
+    out: list[FieldInfo] = []
+    hints, docs = typing.get_type_hints(cls), field_docs(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += leaf_fields(tp, f"{prefix}{f.name}.")
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        out.append(FieldInfo(f"{prefix}{f.name}", tp, default, f.metadata.get("bounds", {}), docs.get(f.name, ""),
+                             cls))
+    return out
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> its attribute docstring (the string literal below the field), whitespace collapsed."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError, SyntaxError):  # no source (a frozen build): no docs
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs = {}
+    for node, after in itertools.pairwise(body):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def suggest_key(key: str, known: list[str]) -> str | None:
+    """The known key closest to the mistyped ``key``, if one is close."""
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def known_keys(cls: type) -> list[str]:
+    """Every dotted key of ``cls``: its leaf fields and its sections."""
+    hints = typing.get_type_hints(cls)
+    sections = [f.name for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])]
+    return [f.key for f in leaf_fields(cls)] + sections
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading configs: YAML files, dicts and dotted overrides, all through from_dict.
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -372,21 +553,109 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Build dataclass ``cls`` from a nested dict (as read from YAML); unknown keys, wrong types and out-of-range
-    values raise ``UserError`` naming the dotted key."""
-    from .cli_parsing import parse_into
-
+    """Build dataclass ``cls`` from a nested dict (as read from YAML); values are coerced to the field types
+    (:func:`coerce`). Unknown keys, wrong types and out-of-range values raise ``ConfigError`` naming the dotted
+    key (an unknown one with the closest known key)."""
     if not isinstance(data, dict):
         raise UserError(f"config must be a mapping; got {data!r}")
-    return parse_into(cls, data=data)
+    return _build(cls, data, "", cls)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
-    """Read a YAML config (optional; a path or a shipped config name) and apply overrides: a list of dotted
-    command-line arguments (``["--train.lr", "1e-3"]``) or a nested dict. Returns a validated ``RunConfig``."""
-    from .cli_parsing import parse_into
+def _build(cls: type, data: dict[str, Any], prefix: str, root: type) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if name not in names:
+            while isinstance(value, dict) and len(value) == 1:  # {"modle": {"d_model": 3}}: name modle.d_model
+                (inner, value), = value.items()
+                key = f"{key}.{inner}"
+            raise ConfigError(key, UNKNOWN_KEY, value, suggestion=suggest_key(key, known_keys(root)))
+        tp = hints[name]
+        if not dataclasses.is_dataclass(tp):
+            kwargs[name] = coerce(value, tp, key)
+        elif value is None:  # an empty section (``model:`` with every key commented out)
+            continue
+        elif isinstance(value, dict):
+            kwargs[name] = _build(tp, value, f"{key}.", root)
+        else:
+            raise ConfigError(key, f"a mapping of {key}.* keys", value)
+    return cls(**kwargs)
 
-    args: list[str] = [] if path is None else ["--config", str(path)]
-    if isinstance(overrides, dict):
-        return parse_into(RunConfig, args=args, data=overrides)
-    return parse_into(RunConfig, args=args + list(overrides or []))
+
+def read_config_file(name: str | Path) -> dict[str, Any]:
+    """The mapping in the YAML config ``name`` (a path or a shipped config's name, see
+    ``paths.resolve_config_file``); one-line ``UserError`` for invalid YAML or another top-level value."""
+    path = resolve_config_file(name)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise UserError(f"config file {path} is not valid YAML: {getattr(e, 'problem', None) or first_line(e)}"
+                        f"{where}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not UTF-8 text") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping (model:, state:, data:, train: ...) at the top "
+                        f"level; got a {type(data).__name__}")
+    return data
+
+
+Overrides = list[str] | dict[str, Any]
+"""Dotted overrides: command-line arguments (``["--train.lr", "1e-3", "model.d_model=64"]``) or a dict, nested
+(``{"train": {"lr": 1e-3}}``) or dotted (``{"train.lr": "1e-3"}``)."""
+
+
+def parse_overrides(args: list[str], cls: type = RunConfig) -> dict[str, str]:
+    """``["--train.lr", "1e-3", "model.d_model=64", "--train.compile"]`` -> ``{"train.lr": "1e-3",
+    "model.d_model": "64", "train.compile": "true"}``: ``--KEY VALUE``, ``--KEY=VALUE`` or ``KEY=VALUE`` (dotted);
+    a boolean key of ``cls`` without a value means true. The values stay text (:func:`coerce` reads them)."""
+    types = {f.key: f.type for f in leaf_fields(cls)}
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        key, eq, value = arg.removeprefix("--").partition("=")
+        if not arg.startswith("--") and not (eq and "." in key):
+            raise UserError(f"override {arg!r} is not --KEY VALUE or KEY=VALUE")
+        i += 1
+        if not eq:
+            if i < len(args) and not args[i].startswith("--"):
+                value, i = args[i], i + 1
+            elif types.get(key) is bool:
+                value = "true"
+            else:
+                raise UserError(f"--{key} needs a value")
+        out[key] = value
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: Overrides | None) -> dict[str, Any]:
+    """A copy of the nested config dict ``data`` with ``overrides`` (see ``Overrides``) applied; later wins."""
+    out = copy.deepcopy(data)
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    for name, value in (overrides or {}).items():
+        *sections, leaf = str(name).split(".")
+        target = out
+        for section in sections:
+            if not isinstance(target.get(section), dict):
+                target[section] = {}
+            target = target[section]
+        if isinstance(value, dict) and isinstance(target.get(leaf), dict):
+            target[leaf] = apply_overrides(target[leaf], value)
+        else:
+            target[leaf] = copy.deepcopy(value)
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: Overrides | None = None) -> RunConfig:
+    """Read a YAML config (optional; a path or a shipped config's name) and apply overrides: a list of dotted
+    command-line arguments (``["--train.lr", "1e-3"]`` or ``"train.lr=1e-3"``) or a nested dict. Returns a
+    validated ``RunConfig``."""
+    data = read_config_file(path) if path is not None else {}
+    return from_dict(RunConfig, apply_overrides(data, overrides))

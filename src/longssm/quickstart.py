@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from .config import DEFAULT_LENGTHS, EvalConfig
-from .data.paths import shipped_configs
-from .errors import UserError
+from .config import DEFAULT_LENGTHS, EvalConfig, Overrides
+from .errors import ConfigError
+from .paths import shipped_configs
 from .sweep import sweep
 
 
@@ -36,18 +36,18 @@ def quickstart(
     tokenizer: str = "byte",
     eval_tokens: int = 65536,
     max_length: int = 32768,
-    overrides: list[str] | None = None,
+    overrides: Overrides | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train each of the comma-separated ``family`` with a zero and a previous initial state, evaluate, tabulate.
 
-    Returns ``{"results": [eval result of each run], "plot": path, "minutes": float}``, runs in the order of
-    ``family``, zero before previous."""
+    ``overrides`` (dotted config keys, see ``config.Overrides``) apply to every run. Returns ``{"results": [eval
+    result of each run], "plot": path, "minutes": float}``, runs in the order of ``family``, zero before previous."""
     lengths = [x for x in DEFAULT_LENGTHS if x <= max_length]
     if not lengths:
-        raise UserError(f"--max-length must be >= {DEFAULT_LENGTHS[0]}; got {max_length}")
+        raise ConfigError("max_length", f">= {DEFAULT_LENGTHS[0]}", max_length)
     if eval_tokens < lengths[-1]:
-        raise UserError(f"--eval-tokens ({eval_tokens}) must be >= the longest evaluation length ({lengths[-1]})")
+        raise ConfigError("eval_tokens", f">= the longest evaluation length ({lengths[-1]})", eval_tokens)
     base = quickstart_config()
     base["data"]["tokenizer"] = tokenizer
     if steps is not None:

@@ -1,8 +1,9 @@
 """``longssm sweep``: train every cell of a grid of config values, evaluate each one, and tabulate and plot them.
 
 A grid is one or more axes ``--grid KEY=V1,V2,...`` over any config key; its cells are their cartesian product.
-Every cell's config is ``--config`` + overrides + ``[--KEY, V, ...]`` (as ``load_config`` reads them), so a bad key or
-value is the same one-line error as in ``longssm train``, raised for every cell before anything is trained.
+Every cell's config is ``--config`` + overrides + the cell's grid values, read by ``config.from_dict`` as for
+``longssm train``, so a bad key or value (or an unknown ``model.family``) is the same one-line error, raised for
+every cell before anything is trained.
 
     DIR/
       sweep.json                  the grid keys of every invocation so far (the columns of the table)
@@ -36,8 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import is_complete, latest_checkpoint
-from .cli_parsing import parse_into
-from .config import EvalConfig, RunConfig, from_dict, to_dict
+from .config import EvalConfig, Overrides, RunConfig, apply_overrides, from_dict, read_config_file, to_dict
 from .errors import UserError
 
 UNHASHED = (("name",), ("train", "progress"))
@@ -67,38 +67,6 @@ def values_label(values: dict[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------------------------------------
 # The grid.
-
-
-def split_sweep_args(args: list[str]) -> tuple[list[str], list[str]]:
-    """The sweep's own options and its dotted config overrides (``--model.d_model 64``, ``train.lr=1e-3``).
-
-    Every ``--grid KEY=V1,V2`` is collected into one ``--grid`` option holding a JSON list, so that values with
-    commas reach the parser whole and ``--grid`` may be given many times.
-    """
-    def bare_override(token: str) -> bool:  # key.sub=value
-        key, eq, _ = token.partition("=")
-        return bool(eq) and "." in key and not key.startswith("-")
-
-    own, grid, overrides = [], [], []
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        flag, eq, inline = arg.partition("=")
-        has_value = i + 1 < len(args) and not args[i + 1].startswith("--") and not bare_override(args[i + 1])
-        if flag == "--grid":
-            if not eq and i + 1 == len(args):
-                raise UserError("--grid needs a value: KEY=V1,V2,... (e.g. --grid train.seq_len=16,64)")
-            grid.append(inline if eq else args[i + 1])
-            i += 1 if eq else 2
-        elif bare_override(arg) or (flag.startswith("--") and "." in flag):
-            takes_next = flag.startswith("--") and not eq and has_value
-            overrides += args[i:i + 1 + takes_next]
-            i += 1 + takes_next
-        else:
-            takes_next = arg.startswith("--") and not eq and has_value
-            own += args[i:i + 1 + takes_next]
-            i += 1 + takes_next
-    return own + (["--grid", json.dumps(grid)] if grid else []), overrides
 
 
 def parse_grid(specs: list[str]) -> dict[str, list[str]]:
@@ -135,19 +103,21 @@ def config_digest(cfg: RunConfig) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def plan_cells(config: str | dict[str, Any] | None, overrides: list[str], axes: dict[str, list[str]],
+def plan_cells(config: str | Path | dict[str, Any] | None, overrides: Overrides | None, axes: dict[str, list[str]],
                out: Path) -> list[Cell]:
     """Every cell of the grid, its config resolved and checked, in grid order (the last key varies fastest).
 
-    ``config``: a YAML file or shipped config's name, or a config dict. A cell whose config digest is already in
-    ``out/cells`` keeps that directory."""
-    config_args = [] if config is None or isinstance(config, dict) else ["--config", str(config)]
+    ``config``: a YAML file or shipped config's name, or a config dict; ``overrides`` apply to every cell (see
+    ``config.Overrides``), the grid values after them. A cell whose config digest is already in ``out/cells``
+    keeps that directory."""
+    from .models.registry import get_family
+
+    base = apply_overrides(read_config_file(config) if isinstance(config, (str, Path)) else config or {}, overrides)
     cells = []
     for combination in itertools.product(*axes.values()):
         values = dict(zip(axes, combination))
-        grid_args = [arg for key, value in values.items() for arg in (f"--{key}", value)]
-        cfg = parse_into(RunConfig, args=config_args + list(overrides) + grid_args,
-                         base=config if isinstance(config, dict) else None)
+        cfg = from_dict(RunConfig, apply_overrides(base, values))
+        get_family(cfg.model.family)  # a name only the registry knows: fails now, not after the first cells
         slug = "_".join(f"{key.rsplit('.', 1)[-1]}-{re.sub(r'[^A-Za-z0-9.+-]', '', value)}"
                         for key, value in values.items())
         digest = config_digest(cfg)[:10]
@@ -165,8 +135,8 @@ def plan_cells(config: str | dict[str, Any] | None, overrides: list[str], axes: 
 # Running it.
 
 
-def sweep(config: str | dict[str, Any] | None, grid: list[str], out: str | Path, eval_cfg: EvalConfig,
-          overrides: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
+def sweep(config: str | Path | dict[str, Any] | None, grid: list[str], out: str | Path, eval_cfg: EvalConfig,
+          overrides: Overrides | None = None, progress: bool = True) -> dict[str, Any]:
     """Train and evaluate every cell not done yet, then write the results of every cell in ``out``.
 
     Returns ``{"rows": [...], "files": [paths written]}`` (rows as in ``results.json``).
@@ -175,7 +145,7 @@ def sweep(config: str | dict[str, Any] | None, grid: list[str], out: str | Path,
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; a sweep writes a directory")
     axes = parse_grid(grid)
-    cells = plan_cells(config, overrides or [], axes, out)
+    cells = plan_cells(config, overrides, axes, out)
     out.mkdir(parents=True, exist_ok=True)
     keys = record_grid_keys(out, list(axes))
     to_train = [c for c in cells if not is_complete(c.directory / "final") and not read_cell(c.directory).get("failed")]

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .paths import resolve_path
+from ..paths import resolve_path
 from .tokenizer import Tokenizer
 
 HEADING = re.compile(r"^ = [^=].* = $")

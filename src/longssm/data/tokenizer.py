@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 from ..errors import UserError, first_line
-from .paths import resolve_path
+from ..paths import resolve_path
 
 
 class ByteTokenizer:

@@ -13,8 +13,9 @@ A metric is declared in its own module:
   so that a bad passkey length fails before an hour of perplexity; what it returns is recorded in the result's
   ``"settings"``.
 
-:func:`metric_names` imports the built-in metric modules on first use (they import torch): importing
-``longssm.config``, whose ``EvalConfig`` validates metric names through it, stays cheap.
+:func:`metric_names` imports the built-in metric modules on first use (they import torch), so that importing this
+module stays cheap. :func:`normalise_metrics` checks the names of ``EvalConfig.metrics`` (which ``longssm.config``
+cannot: it knows no registry), expands ``all`` and puts them in canonical order; ``evaluate_run`` calls it first.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import UserError
+from ..errors import ConfigError, UserError
 
 if TYPE_CHECKING:
     from .context import EvalContext
@@ -150,6 +151,19 @@ def metric_names() -> tuple[str, ...]:
     """Registered metric names: the built-in ones in canonical order, then others in registration order."""
     _load_builtin_metrics()
     return tuple(BUILTIN_METRICS) + tuple(name for name in _METRICS if name not in BUILTIN_METRICS)
+
+
+def normalise_metrics(names: list[str]) -> list[str]:
+    """``EvalConfig.metrics`` as the evaluation runs them: ``["all"]`` -> every registered metric, the others in
+    canonical order (that of :func:`metric_names`). ``ConfigError`` naming the key ``metrics`` for an unknown name
+    or an empty list."""
+    known = metric_names()
+    if list(names) == ["all"]:
+        return list(known)
+    if not names or any(name not in known for name in names):
+        raise ConfigError("metrics", f"a comma-separated subset of {','.join(known)} (or all)", list(names),
+                          got=",".join(names) or "nothing")
+    return [name for name in known if name in names]
 
 
 def get_metric(name: str) -> Metric:

@@ -25,6 +25,7 @@ Result JSON: one top-level key per metric, named as in ``--metrics``, plus "run"
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -43,7 +44,7 @@ from .cache import EvalCache, model_hash
 from .context import EvalContext
 from .perplexity import default_tokens_per_forward, eval_token_count
 from .plots import plot_all
-from .registry import get_metric, metric_names
+from .registry import get_metric, metric_names, normalise_metrics
 from .report import Result, length_extension_verdict, markdown_report, run_label
 
 
@@ -68,6 +69,7 @@ def evaluate_run(run: str | Path, cfg: EvalConfig, progress: bool = True) -> Res
     Started by torchrun: joins its process group and shares the work with the other processes (see the module
     docstring); ``progress`` applies to rank 0, and ``settings["world_size"]`` records the number of processes.
     """
+    cfg = dataclasses.replace(cfg, metrics=normalise_metrics(cfg.metrics))
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     shard, device = distributed.init(resolve_device(cfg.device, "--device"))

@@ -1,7 +1,10 @@
 """Where shipped files live: data, tokenizer and configs are package data, found with ``importlib.resources``.
 
 ``builtin:<rel>`` names a file under the package's ``assets/`` folder (``builtin:wikitext-103/wiki.valid.tokens``),
-so it resolves the same from a source checkout, an editable install or a wheel, from any working directory.
+so it resolves the same from a source checkout, an editable install or a wheel, from any working directory. A
+config is named by a path or by the name of a config shipped in the package's ``configs/`` folder (``mamba_tiny``).
+
+This module is a leaf: it imports only ``errors``, so that ``config`` and ``data`` can both use it.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from ..errors import UserError
+from .errors import UserError
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -25,6 +28,20 @@ def shipped_configs() -> dict[str, Path]:
     ``--config paper/fig6_cpu`` and ``--config fig6_cpu`` name the same file."""
     root = Path(str(resources.files("longssm") / "configs"))
     return {p.stem: p for p in sorted(root.rglob("*.yaml"))}
+
+
+def resolve_config_file(name: str | Path) -> Path:
+    """A config file named by ``name``: an existing file as given, else the shipped config of that name
+    (``mamba_tiny``, ``mamba_tiny.yaml``, ``configs/mamba_tiny.yaml`` or ``paper/fig6_cpu``); ``UserError``
+    listing the shipped configs otherwise."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    stem = path.name.removesuffix(".yaml").removesuffix(".yml")
+    configs = shipped_configs()
+    if stem in configs:
+        return configs[stem]
+    raise UserError(f"config file not found: {name} (shipped configs: {', '.join(sorted(configs))})")
 
 
 def resolve_path(spec: str | Path) -> Path:
