@@ -34,7 +34,7 @@ from longssm.config import ModelConfig
 from longssm.models import build_model
 from longssm.models.base import detach_state
 from longssm.models.registry import family_names
-from longssm.train.loop import param_groups
+from longssm.train import param_groups
 
 NOTES = [
     "train_memory: one fresh subprocess per T; --steps training steps (forward + cross-entropy + backward + fused "

@@ -13,7 +13,8 @@ from longssm import checkpoint as ckpt_io
 from longssm.config import ModelConfig, RunConfig, from_dict
 from longssm.models import build_model
 from longssm.ops.selective_scan import selective_scan
-from longssm.train import loop as train_mod
+from longssm.train import setup as train_setup
+from longssm.train import train
 
 FAMILIES = ["mamba", "mamba2", "s5", "gru", "lstm"]
 
@@ -56,11 +57,11 @@ def test_half_precision_selective_scan_runs_in_float32():
 
 def test_bfloat16_training_carries_float32_states(tmp_path, corpus_file, monkeypatch):
     # CPU runs refuse half precision; autocast to bfloat16 on the CPU stands in for CUDA
-    monkeypatch.setattr(train_mod, "autocast_for", lambda device, dtype: torch.autocast("cpu", dtype=torch.bfloat16))
+    monkeypatch.setattr(train_setup, "autocast_for", lambda device, dtype: torch.autocast("cpu", dtype=torch.bfloat16))
     cfg = from_dict(RunConfig, tiny_overrides(corpus_file, tmp_path / "cache", train__dtype="bfloat16",
                                               state__scheme="previous", train__steps=4, train__checkpoint_every=4))
     losses: dict[int, float] = {}
-    train_mod.train(cfg, tmp_path / "run", on_step=lambda s, loss: losses.__setitem__(s, loss))
+    train(cfg, tmp_path / "run", on_step=lambda s, loss: losses.__setitem__(s, loss))
     assert sorted(losses) == [1, 2, 3, 4] and all(loss == loss for loss in losses.values())
     states = ckpt_io.read_tensors(tmp_path / "run" / "checkpoints" / "step-00000004" / "states.safetensors")
     carried = [v for k, v in states.items() if "layers." in k]

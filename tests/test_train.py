@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -12,10 +13,12 @@ import torch
 from conftest import tiny_overrides
 from longssm import checkpoint as ckpt_io
 from longssm.config import RunConfig, from_dict
+from longssm.data.tokenizer import load_tokenizer
 from longssm.errors import UserError
-from longssm.train import loop as train_mod
-from longssm.train import train
-from longssm.train.loop import lr_at
+from longssm.runtime.distributed import ALONE
+from longssm.train import TrainState, lr_at, train, train_step
+from longssm.train import setup as train_setup
+from longssm.train.step import StepContext
 
 
 def cfg_of(corpus, cache, **extra) -> RunConfig:
@@ -54,6 +57,37 @@ def test_resumed_run_continues_bit_identically(tmp_path, corpus_file, scheme):
     assert steps_logged == sorted(steps_logged) and len(steps_logged) == len(set(steps_logged))
 
 
+@pytest.mark.parametrize("family,scheme", [("mamba", "previous"), ("s5", "fitted_noise")])
+def test_a_train_state_loaded_from_its_state_dict_continues_bit_identically(tmp_path, corpus_file, family, scheme):
+    tokenizer, cpu = load_tokenizer("byte"), torch.device("cpu")
+    cfg = train_setup.resolve_config(cfg_of(corpus_file, tmp_path / "cache", model__family=family, model__dropout=0.1,
+                                            state__scheme=scheme, state__p_zero=0.3), tokenizer)
+    # S5's dropout draws from torch's RNG: the state dict must restore it too
+    loader, _ = train_setup.load_data(cfg, tokenizer)
+
+    def steps(state: TrainState, n: int) -> list[float]:
+        ctx = StepContext(state.model, state.model, cpu, torch.autocast("cpu", enabled=False), ALONE,
+                          cfg.train.grad_accum, cfg.train.grad_clip)
+        return [train_step(state, loader.batch(state.step), ctx).loss.item() for _ in range(n)]
+
+    first = train_setup.new_train_state(cfg, cpu)
+    steps(first, 4)
+    saved = copy.deepcopy(first.state_dict())
+    expected = steps(first, 5)
+    resumed = train_setup.new_train_state(cfg, cpu)
+    resumed.load_state_dict(saved)
+    assert resumed.step == 4 and resumed.bad_in_a_row == 0
+    assert steps(resumed, 5) == expected  # bit-identical, not approximately
+    a, b = first.state_dict(), resumed.state_dict()
+    assert a["trainer"]["step"] == b["trainer"]["step"] == 9
+    for part in ("model", "states"):
+        assert a[part].keys() == b[part].keys() and all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+    moments = [(x, y) for sx, sy in zip(a["trainer"]["optimizer"]["state"].values(),
+                                        b["trainer"]["optimizer"]["state"].values(), strict=True)
+               for x, y in zip(sx.values(), sy.values(), strict=True)]
+    assert moments and all(torch.equal(x, y) for x, y in moments)
+
+
 def test_checkpoint_holds_every_stream_state_and_prunes(tmp_path, corpus_file):
     cfg = cfg_of(corpus_file, tmp_path / "cache", state__scheme="previous", train__checkpoint_every=3,
                  train__keep_last=2)
@@ -87,11 +121,11 @@ def test_interrupted_save_leaves_the_previous_checkpoint_loadable(tmp_path, corp
 
 def poison(monkeypatch, step: int, models: list | None = None) -> None:
     """Make the model's logits NaN at training step ``step`` (1-based); built models are appended to ``models``."""
-    real_build = train_mod.build_model
+    real_build = train_setup.build_model
     calls = {"n": 0}
 
-    def build_with_poison(config):
-        model = real_build(config)
+    def build_with_poison(config, **kwargs):
+        model = real_build(config, **kwargs)
         forward = model.forward
 
         def poisoned(tokens, state=None):
@@ -104,7 +138,7 @@ def poison(monkeypatch, step: int, models: list | None = None) -> None:
             models.append(model)
         return model
 
-    monkeypatch.setattr(train_mod, "build_model", build_with_poison)
+    monkeypatch.setattr(train_setup, "build_model", build_with_poison)
 
 
 def records_of(run_dir) -> list[dict]:
@@ -161,7 +195,7 @@ def test_steps_between_log_steps_read_nothing_back_from_the_device(tmp_path, cor
     log_every, steps = 4, 10
     current = {"step": None}
     reads: list[tuple[int, str]] = []
-    real_batch = train_mod.StreamLoader.batch
+    real_batch = train_setup.StreamLoader.batch
 
     def batch(self, step):
         current["step"] = step
@@ -177,7 +211,7 @@ def test_steps_between_log_steps_read_nothing_back_from_the_device(tmp_path, cor
 
         return counted
 
-    monkeypatch.setattr(train_mod.StreamLoader, "batch", batch)
+    monkeypatch.setattr(train_setup.StreamLoader, "batch", batch)
     for name in ("item", "tolist", "cpu", "__bool__", "__float__", "__int__", "__index__"):
         monkeypatch.setattr(torch.Tensor, name, counting(name))
     cfg = cfg_of(corpus_file, tmp_path / "cache", state__scheme=scheme, state__p_zero=0.3, state__reset="document",
@@ -191,7 +225,7 @@ def test_steps_between_log_steps_read_nothing_back_from_the_device(tmp_path, cor
 
 def test_float16_scales_the_loss_skips_overflows_and_resumes_the_scaler(tmp_path, corpus_file, monkeypatch):
     # CPU runs refuse half precision; autocast to float16 on the CPU stands in for CUDA here
-    monkeypatch.setattr(train_mod, "autocast_for", lambda device, dtype: torch.autocast("cpu", dtype=torch.float16))
+    monkeypatch.setattr(train_setup, "autocast_for", lambda device, dtype: torch.autocast("cpu", dtype=torch.float16))
     poison(monkeypatch, 3)  # NaN gradients at step 3: the scaler treats them as an overflow
     cfg = cfg_of(corpus_file, tmp_path / "cache", train__dtype="float16", train__steps=8, train__checkpoint_every=4)
     full: dict[int, float] = {}
@@ -201,7 +235,7 @@ def test_float16_scales_the_loss_skips_overflows_and_resumes_the_scaler(tmp_path
     assert all(math.isfinite(full[s]) for s in full if s != 3)
 
     monkeypatch.undo()
-    monkeypatch.setattr(train_mod, "autocast_for", lambda device, dtype: torch.autocast("cpu", dtype=torch.float16))
+    monkeypatch.setattr(train_setup, "autocast_for", lambda device, dtype: torch.autocast("cpu", dtype=torch.float16))
     resumed: dict[int, float] = {}
     train(cfg, tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoints" / "step-00000004"),
           on_step=lambda s, l: resumed.__setitem__(s, l))

@@ -36,8 +36,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import RunConfig, from_dict, to_dict
-from .data.paths import resolve_path
 from .errors import UserError, first_line
+from .paths import resolve_path
 
 META = "meta.json"
 PARTIAL_PREFIXES = (".tmp-", ".old-")
@@ -247,9 +247,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
 
     ckpt = resolve_checkpoint(path)
     config = read_config(ckpt)
-    model = build_model(config.model)
+    model = build_model(config.model, device=device)
     load_weights(model, ckpt / "model.safetensors")
-    return model.to(device).eval(), config, ckpt
+    return model.eval(), config, ckpt
 
 
 def load_trainer(ckpt: Path) -> dict[str, Any]:

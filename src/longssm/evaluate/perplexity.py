@@ -22,8 +22,9 @@ after a seeded permutation, as R streams of unrelated sequences (``order="shuffl
 from the final state of the one before it in its stream, and the first of every stream from zeros. The order
 does not change the zero-state result.
 
-Sequences run as rows of a batch, fed in chunks of at most ``chunk`` tokens with the state carried, and at most
-``tokens_per_forward`` tokens (rows × chunk) per forward call: peak memory does not grow with L.
+Sequences run as rows of a batch through the one chunked stateful feed (``runtime/feed.py``): pieces of at most
+``chunk`` tokens with the state carried, at most ``tokens_per_forward`` tokens (rows × chunk) per forward call, so
+peak memory does not grow with L.
 
 Registered metrics: ``ppl_vs_length`` (Eq. 1 at every evaluation length) and ``position_ppl`` (Eq. 2 at one long
 length Lp, log-binned; computed by the pass it shares with ``state_stats``, see ``context.py``). Both split their
@@ -35,19 +36,20 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from ..errors import UserError
-from ..models.base import State, concat_states, select_rows
+from ..models.base import State, select_rows
 from ..runtime.distributed import ALONE, Shard
+from ..runtime.feed import OnSegment, eval_token_count, make_sequences, sequence_losses, zero_state_curve
 from .registry import MetricResult, check_json, register_metric
+
+__all__ = ["OnSegment", "eval_token_count", "length_curve", "make_sequences", "ppl_vs_length", "sequence_losses"]
 
 if TYPE_CHECKING:
     from .context import EvalContext
@@ -57,93 +59,9 @@ Order = Literal["consecutive", "shuffled"]
 SEQUENCES_PER_STREAM = 16
 """Carried-state mode: consecutive evaluation sequences per stream (so R = ⌈n / 16⌉ streams start from zeros)."""
 
-OnSegment = Callable[[slice, int, State], None]
-"""``on_segment(rows, t_end, state)``: called after every forward call with the rows it covered and the state
-after ``t_end`` tokens of those rows (state statistics hook)."""
-
-
-def eval_token_count(n_available: int, lengths: Iterable[int], max_tokens: int | None) -> int:
-    """N, the targets used at every length: the largest multiple of max(L) that fits the data and the budget."""
-    longest = max(lengths)
-    budget = n_available - 1 if max_tokens is None else min(n_available - 1, max_tokens)
-    n = (max(budget, 0) // longest) * longest
-    if n == 0:
-        if max_tokens is not None and max_tokens < longest <= n_available - 1:
-            raise UserError(f"evaluation length {longest} is longer than --max-tokens {max_tokens}; raise --max-tokens")
-        raise UserError(
-            f"evaluation length {longest} is longer than the data: {n_available} tokens give at most "
-            f"{max(n_available - 1, 0)} targets; use shorter --lengths or more data"
-        )
-    return n
-
-
 def default_tokens_per_forward(vocab_size: int) -> int:
     """Rows × chunk per forward call: large for small vocabularies, bounded so logits stay ≲ 400 MB."""
     return max(1024, min(16384, (2**27 // max(vocab_size, 1)) // 1024 * 1024))
-
-
-def make_sequences(tokens: np.ndarray, length: int, n_targets: int) -> Tensor:
-    """(n_targets / L, L + 1) int64: sequence i = tokens[i·L : i·L + L + 1]."""
-    n = n_targets // length
-    idx = np.arange(n)[:, None] * length + np.arange(length + 1)[None, :]
-    return torch.from_numpy(np.asarray(tokens[: n_targets + 1]).astype(np.int64)[idx])
-
-
-def _segments(length: int, chunk: int, cuts: Iterable[int] = ()) -> list[tuple[int, int]]:
-    """[(t0, t1), ...] covering [0, length): every multiple of ``chunk`` and every cut in (0, length) is a boundary."""
-    edges = set(range(0, length, chunk)) | {c for c in cuts if 0 < c < length} | {length}
-    edges = sorted(edges | {0})
-    return list(itertools.pairwise(edges))
-
-
-def _nll(logits: Tensor, targets: Tensor) -> Tensor:
-    """logits (b, l, V), targets (b, l) -> (b, l) in float64 (float32 logits are upcast after the log-softmax)."""
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-    return nll.view(targets.shape).double()
-
-
-@torch.no_grad()
-def sequence_losses(
-    model: torch.nn.Module,
-    seqs: Tensor,
-    chunk: int = 1024,
-    tokens_per_forward: int = 4096,
-    initial_state: State | None = None,
-    device: torch.device | str = "cpu",
-    progress=None,
-    cuts: Sequence[int] = (),
-    on_segment: OnSegment | None = None,
-) -> tuple[Tensor, State]:
-    """Per-token nll of ``seqs`` (n, L+1) → (n, L) float64 on the CPU, and the final states (n rows, on ``device``).
-
-    Rows are processed ``max(1, tokens_per_forward // chunk)`` at a time; within a group the sequence is fed in
-    segments (every ``chunk`` tokens and at every position in ``cuts``) with the state carried, so
-    peak memory is O(tokens_per_forward · V) whatever L is. ``initial_state`` (n rows) or None = zeros; n = 0 gives
-    no states.
-    """
-    n, l_plus = seqs.shape
-    length = l_plus - 1
-    chunk = max(1, min(chunk, length))
-    rows = max(1, tokens_per_forward // chunk)
-    segments = _segments(length, chunk, cuts)
-    out = torch.empty(n, length, dtype=torch.float64)
-    finals: list[State] = []
-    for r0 in range(0, n, rows):
-        r1 = min(r0 + rows, n)
-        block = seqs[r0:r1].to(device)
-        state = None if initial_state is None else select_rows(initial_state, slice(r0, r1))
-        for t0, t1 in segments:
-            logits, state = model(block[:, t0:t1], state)
-            out[r0:r1, t0:t1] = _nll(logits, block[:, t0 + 1 : t1 + 1]).cpu()
-            del logits
-            if on_segment is not None:
-                on_segment(slice(r0, r1), t1, state)
-            if progress is not None:
-                progress.update((r1 - r0) * (t1 - t0))
-        finals.append(state)
-    return out, concat_states(finals) if finals else {}
 
 
 @torch.no_grad()
@@ -174,12 +92,11 @@ def length_curve(
     final state of the previous one in the stream. With the default, 1/16 of the sequences start from zeros at
     every L with n ≥ 16. ``on_segment`` sees zero-state runs only (rows are sequences).
     """
+    if eval_state == "zero":
+        return zero_state_curve(model, tokens, length, n_targets, chunk, tokens_per_forward, device, progress, cuts,
+                                on_segment, shard)
     seqs = make_sequences(tokens, length, n_targets)
     n = seqs.shape[0]
-    if eval_state == "zero":
-        nll, _ = sequence_losses(model, seqs[shard.part(n)], chunk, tokens_per_forward, device=device,
-                                 progress=progress, cuts=cuts, on_segment=on_segment)
-        return (shard.sum(nll.sum(0)) / n).numpy()
 
     perm = np.random.default_rng(seed).permutation(n) if order == "shuffled" else np.arange(n)
     R = min(n, streams or math.ceil(n / SEQUENCES_PER_STREAM))

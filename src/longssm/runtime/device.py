@@ -1,4 +1,4 @@
-"""The device a command runs on and its autocast context."""
+"""The device a command runs on, its autocast context, and copies to it that do not make the host wait."""
 
 from __future__ import annotations
 
@@ -27,3 +27,14 @@ def autocast_for(device: torch.device, dtype: str) -> torch.autocast:
     if device.type != "cuda":
         raise UserError(f"train.dtype={dtype} needs a CUDA device (CPU training runs in float32)")
     return torch.autocast("cuda", dtype=getattr(torch, dtype))
+
+
+def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a CPU tensor to ``device`` without making the host wait for the device.
+
+    On CUDA a plain ``.to(device)`` from pageable memory synchronises the stream; a copy from pinned memory
+    with ``non_blocking=True`` is queued like a kernel. Other devices: a plain copy.
+    """
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)

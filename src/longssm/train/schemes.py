@@ -24,20 +24,10 @@ from torch import Tensor
 from ..config import StateConfig
 from ..data.streams import Batch
 from ..models.base import State, detach_state, map_state, reset_rows
+from ..runtime.device import host_to_device
 from ..runtime.distributed import ALONE, Shard
 
 CARRYING = ("previous", "state_passing")
-
-
-def host_to_device(t: Tensor, device: torch.device) -> Tensor:
-    """Copy a CPU tensor to ``device`` without making the host wait for the device.
-
-    On CUDA a plain ``.to(device)`` from pageable memory synchronises the stream; a copy from pinned memory
-    with ``non_blocking=True`` is queued like a kernel. Other devices: a plain copy.
-    """
-    if device.type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
 
 
 def zero_state(template: State) -> State:
