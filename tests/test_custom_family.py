@@ -20,7 +20,7 @@ from longssm.data.tokenizer import ByteTokenizer
 from longssm.errors import UserError
 from longssm.models import build_model
 from longssm.models.lm import RecurrentLM
-from longssm.models.registry import family_names, get_family, is_known_family
+from longssm.models.registry import family_names, get_family
 from longssm.models.rnn import GRUMixer
 
 NAME = "linear_recurrence"
@@ -40,7 +40,7 @@ def example(monkeypatch):
 
 def test_pieces_with_carried_state_equal_the_whole_sequence(example):
     longssm.register_family(NAME, example.LinearRecurrence)
-    assert NAME in family_names() and is_known_family(NAME)
+    assert NAME in family_names() and get_family(NAME).block is example.LinearRecurrence
     torch.manual_seed(0)
     model = build_model(ModelConfig(family=NAME, vocab_size=19, d_model=8, n_layers=2, d_state=6)).double()
     tokens = torch.randint(0, 19, (2, 21))
@@ -58,10 +58,11 @@ def test_pieces_with_carried_state_equal_the_whole_sequence(example):
 
 def test_import_path_names_a_block_without_registration(example):
     path = "linear_recurrence:LinearRecurrence"
-    assert is_known_family(path) and path not in family_names()
+    assert get_family(path).block is example.LinearRecurrence and path not in family_names()
     model = build_model(ModelConfig(family=path, vocab_size=19, d_model=8, d_state=6))
     assert isinstance(model.backbone.layers[0].mixer, example.LinearRecurrence)
-    assert not is_known_family("linear_recurrence:NoSuchClass") and not is_known_family("no_such_module:Block")
+    with pytest.raises(UserError, match=r"model\.family .*has no attribute 'NoSuchClass'"):
+        get_family("linear_recurrence:NoSuchClass")
     with pytest.raises(UserError, match=r"model\.family .*no_such_module"):
         get_family("no_such_module:Block")
     with pytest.raises(UserError, match=r"model\.family must be one of mamba, mamba2, s5, gru, lstm"):

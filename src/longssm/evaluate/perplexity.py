@@ -46,7 +46,7 @@ import torch
 from ..errors import UserError
 from ..models.base import State, select_rows
 from ..runtime.distributed import ALONE, Shard
-from ..runtime.feed import OnSegment, eval_token_count, make_sequences, sequence_losses, zero_state_curve
+from ..runtime.feed import OnSegment, eval_token_count, make_sequences, sequence_losses
 from .registry import MetricResult, check_json, register_metric
 
 __all__ = ["OnSegment", "eval_token_count", "length_curve", "make_sequences", "ppl_vs_length", "sequence_losses"]
@@ -92,11 +92,12 @@ def length_curve(
     final state of the previous one in the stream. With the default, 1/16 of the sequences start from zeros at
     every L with n ≥ 16. ``on_segment`` sees zero-state runs only (rows are sequences).
     """
-    if eval_state == "zero":
-        return zero_state_curve(model, tokens, length, n_targets, chunk, tokens_per_forward, device, progress, cuts,
-                                on_segment, shard)
     seqs = make_sequences(tokens, length, n_targets)
     n = seqs.shape[0]
+    if eval_state == "zero":
+        nll, _ = sequence_losses(model, seqs[shard.part(n)], chunk, tokens_per_forward, device=device,
+                                 progress=progress, cuts=cuts, on_segment=on_segment)
+        return (shard.sum(nll.sum(0)) / n).numpy()
 
     perm = np.random.default_rng(seed).permutation(n) if order == "shuffled" else np.arange(n)
     R = min(n, streams or math.ceil(n / SEQUENCES_PER_STREAM))

@@ -23,7 +23,7 @@ from .mamba2 import Mamba2Mixer
 from .rnn import GRUMixer, LSTMMixer
 from .s5 import S5Mixer
 
-__all__ = ["Family", "family_names", "get_family", "is_known_family", "register_family"]
+__all__ = ["Family", "family_names", "get_family", "register_family"]
 
 
 @dataclass(frozen=True)
@@ -85,15 +85,6 @@ def get_family(name: str) -> Family:
     except TypeError as e:
         raise UserError(f"model.family {name!r}: {e}") from None
     return Family(name, block_cls)
-
-
-def is_known_family(name: str) -> bool:
-    """True for a registered name and for an importable ``module:Class`` path to a block class."""
-    try:
-        get_family(name)
-    except UserError:
-        return False
-    return True
 
 
 def _check_block_class(block_cls: object, name: str) -> None:

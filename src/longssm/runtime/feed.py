@@ -128,28 +128,6 @@ def sequence_losses(
     return out, concat_states(finals) if finals else {}
 
 
-def zero_state_curve(
-    model: torch.nn.Module,
-    tokens: np.ndarray,
-    length: int,
-    n_targets: int,
-    chunk: int = 1024,
-    tokens_per_forward: int = 4096,
-    device: torch.device | str = "cpu",
-    progress=None,
-    cuts: Sequence[int] = (),
-    on_segment: OnSegment | None = None,
-    shard: Shard = ALONE,
-) -> np.ndarray:
-    """Mean nll at each position t of the n = N/L sequences of length L, each from the zero state: (L,) float64.
-    The processes of ``shard`` split the sequences and sum their nll, so every process returns the whole curve."""
-    seqs = make_sequences(tokens, length, n_targets)
-    n = seqs.shape[0]
-    nll, _ = sequence_losses(model, seqs[shard.part(n)], chunk, tokens_per_forward, device=device, progress=progress,
-                             cuts=cuts, on_segment=on_segment)
-    return (shard.sum(nll.sum(0)) / n).numpy()
-
-
 @torch.no_grad()
 def perplexity_at_length(
     model: torch.nn.Module,
@@ -164,6 +142,7 @@ def perplexity_at_length(
 ) -> float:
     """ppl(L) = exp(mean nll) over the sequences of length L in the first ``max_tokens`` targets of ``tokens``, every
     sequence from the zero state (LongSSM's metric at one length; training's periodic validation at L = T)."""
-    n_targets = eval_token_count(len(tokens), [length], max_tokens)
-    curve = zero_state_curve(model, tokens, length, n_targets, chunk, tokens_per_forward, device, shard=shard)
-    return math.exp(float(curve.mean()))
+    seqs = make_sequences(tokens, length, eval_token_count(len(tokens), [length], max_tokens))
+    n = seqs.shape[0]
+    nll, _ = sequence_losses(model, seqs[shard.part(n)], chunk, tokens_per_forward, device=device)
+    return math.exp(float((shard.sum(nll.sum(0)) / n).mean()))  # the mean over t of pos(L, t), as evaluate's
