@@ -16,7 +16,8 @@ import pytest
 
 from longssm import checkpoint as ckpt_io
 from longssm.config import load_config
-from longssm.data.synthetic import KeyRecall, key_losses
+from longssm.data.synthetic import KeyRecall
+from longssm.evaluate.key_recall import key_losses
 from longssm.train import train
 
 T = 16

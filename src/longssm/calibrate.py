@@ -36,20 +36,23 @@ from .data.tokenizer import load_tokenizer
 from .errors import UserError
 from .models import RecurrentLM
 from .models.base import State
+from .runtime.feed import feed
 
 Method = Literal["delta_scale", "a_scale"]
 
 
 def window_loss(model: RecurrentLM, tokens: Tensor, scales: dict[str, Tensor], chunk: int) -> Tensor:
     """Mean next-token loss of ``tokens`` (b, L + 1) from the zero state, with the model's buffers named in
-    ``scales`` ({"backbone.layers.{i}.mixer.delta_scale": 0-dim, ...}) replaced, L / chunk checkpointed chunks."""
+    ``scales`` ({"backbone.layers.{i}.mixer.delta_scale": 0-dim, ...}) replaced, L / chunk checkpointed chunks fed
+    through ``runtime.feed.feed`` (its ``step``: each chunk's summed loss, recomputed in the backward pass)."""
     b, length = tokens.shape[0], tokens.shape[1] - 1
-    state: State = model.initial_state(b)
+
+    def checkpointed_loss(t0: int, t1: int, state: State | None) -> tuple[Tensor, State]:
+        return checkpoint(_chunk_loss, model, scales, tokens[:, t0:t1], tokens[:, t0 + 1:t1 + 1], state,
+                          use_reentrant=False)
+
     total = torch.zeros(())
-    for start in range(0, length, chunk):
-        end = min(start + chunk, length)
-        loss, state = checkpoint(_chunk_loss, model, scales, tokens[:, start:end], tokens[:, start + 1:end + 1], state,
-                                 use_reentrant=False)
+    for _, _, loss, _ in feed(model, tokens[:, :length], model.initial_state(b), chunk, step=checkpointed_loss):
         total = total + loss
     return total / (b * length)
 

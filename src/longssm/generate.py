@@ -21,33 +21,28 @@ from torch import Tensor, nn
 from .data.tokenizer import Tokenizer
 from .errors import UserError
 from .models.base import State
+from .runtime.feed import feed
 
 MAX_CHAR_TOKENS = 4
 """A UTF-8 character spans at most 4 bytes, so at most 4 byte-level tokens (``decode_pieces``)."""
 
 
-def feed(model: nn.Module, tokens: Tensor, chunk: int,
-         state: State | None = None) -> Iterator[tuple[int, Tensor, State]]:
-    """Feed ``tokens`` (b, l) in chunks of at most ``chunk`` tokens with the state carried (equal to one pass).
-
-    Yields ``(t0, logits (b, c, V), state)`` per chunk: the chunk covers positions t0 .. t0 + c - 1 and the state
-    is the one after its last token; the last yielded state is the state after all of ``tokens``.
-    """
-    if chunk < 1:
-        raise UserError(f"chunk must be a positive number of tokens; got {chunk}")
-    for t0 in range(0, tokens.shape[1], chunk):
-        logits, state = model(tokens[:, t0:t0 + chunk], state)
-        yield t0, logits, state
-
-
 @torch.no_grad()
 def prefill(model: nn.Module, tokens: Tensor, chunk: int = 1024, state: State | None = None) -> tuple[Tensor, State]:
-    """Consume a prompt: tokens (b, l ≥ 1) -> (logits of the next token (b, V), the state after the prompt)."""
+    """Consume a prompt: tokens (b, l ≥ 1) -> (logits of the next token (b, V), the state after the prompt), fed in
+    pieces of at most ``chunk`` tokens through ``runtime.feed.feed``."""
     if tokens.shape[1] == 0:
         raise UserError("the prompt is empty: generation needs at least one prompt token")
-    for _, logits, carried in feed(model, tokens, chunk, state):
+    check_chunk(chunk)
+    for _, _, logits, carried in feed(model, tokens, state, chunk):
         last = logits[:, -1], carried
     return last
+
+
+def check_chunk(chunk: int) -> None:
+    """``UserError`` unless ``chunk`` (tokens per forward call) is ≥ 1."""
+    if chunk < 1:
+        raise UserError(f"chunk must be a positive number of tokens; got {chunk}")
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,8 @@ from tqdm import tqdm
 
 from .data.tokenizer import Tokenizer
 from .errors import UserError
-from .generate import Sampler, feed, generate_text, load_for_generation
+from .generate import Sampler, check_chunk, generate_text, load_for_generation
+from .runtime.feed import feed
 
 try:
     from lm_eval.api.instance import Instance
@@ -61,6 +62,7 @@ def score_tokens(model: nn.Module, rows: Sequence[Sequence[int]], starts: Sequen
     (Σ log q(x_t | x_<t) over the scored tokens, in float64; whether every scored token is the argmax of q).
     ``starts[i] ≥ 1``: the first token of a row is context only.
     """
+    check_chunk(chunk)
     device = next(model.parameters()).device
     b, n = len(rows), max(len(r) for r in rows)
     tokens = torch.zeros(b, n, dtype=torch.long)
@@ -72,8 +74,8 @@ def score_tokens(model: nn.Module, rows: Sequence[Sequence[int]], starts: Sequen
     tokens, scored = tokens.to(device), scored.to(device)
     logprob = torch.zeros(b, dtype=torch.float64, device=device)
     greedy = torch.ones(b, dtype=torch.bool, device=device)
-    for t0, logits, _ in feed(model, tokens[:, :-1], chunk):
-        row, pos = scored[:, t0:t0 + logits.shape[1]].nonzero(as_tuple=True)
+    for t0, t1, logits, _ in feed(model, tokens[:, :-1], None, chunk):
+        row, pos = scored[:, t0:t1].nonzero(as_tuple=True)
         picked, target = logits[row, pos], tokens[row, t0 + pos + 1]  # (k, V), (k,)
         logq = picked.log_softmax(-1, dtype=torch.promote_types(picked.dtype, torch.float32))
         logprob.index_add_(0, row, logq.gather(-1, target[:, None])[:, 0].double())

@@ -21,7 +21,8 @@ also teaches it to read the key at the recall marker, windows later. Without the
 the recall with the settings of ``tests/test_long_range.py`` (recall loss ≈ ln 16 for both, 3 seeds).
 
 Token ids: keys ``0 .. n_keys − 1``, filler ``n_keys .. n_keys + n_filler − 1``, then the echo marker and the
-recall marker. Save ``documents(...).ravel()`` with ``numpy.save`` to train on it (``data.train: recall.npy``).
+recall marker. Save ``documents(...).ravel()`` with ``numpy.save`` to train on it (``data.train: recall.npy``);
+``evaluate.key_recall.key_losses`` scores a model on it.
 """
 
 from __future__ import annotations
@@ -30,10 +31,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-
-from ..models.base import State
 
 
 @dataclass(frozen=True)
@@ -82,32 +79,3 @@ class KeyRecall:
         docs[:, self.echo_at] = self.echo_marker
         docs[:, -2] = self.recall_marker
         return docs
-
-
-@torch.no_grad()
-def key_losses(model: torch.nn.Module, task: KeyRecall, docs: np.ndarray, chunk: int) -> dict[str, float]:
-    """Mean cross-entropy (nats) of the echoed and of the recalled key, each document read in chunks of ``chunk``
-    tokens with the state carried from chunk to chunk, from a zero state (as a model reads a long text).
-
-    Args:
-        model: a ``longssm`` language model, ``model(tokens (b, l), state) -> (logits (b, l, V), state)``.
-        task: the layout of ``docs``.
-        docs: (n, L) documents, e.g. from ``task.documents``.
-        chunk: tokens per forward call.
-    Returns:
-        ``{"echo": loss of the key at g + 1, "recall": loss of the key at L − 1}``.
-    """
-    tokens = torch.as_tensor(docs, dtype=torch.long, device=next(model.parameters()).device)
-    inputs = tokens[:, :-1]  # the logits at position t predict token t + 1
-    state: State | None = None
-    pieces = []
-    for start in range(0, inputs.shape[1], chunk):
-        logits, state = model(inputs[:, start : start + chunk], state)
-        pieces.append(logits.float())
-    logits = torch.cat(pieces, dim=1)  # (n, L − 1, V)
-    keys = tokens[:, 0]
-
-    def loss_at(position: int) -> float:
-        return float(F.cross_entropy(logits[:, position - 1], keys))
-
-    return {"echo": loss_at(task.echo_at + 1), "recall": loss_at(task.doc_len - 1)}

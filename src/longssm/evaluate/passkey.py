@@ -36,6 +36,7 @@ import torch
 
 from ..errors import UserError
 from ..models.base import State, select_rows
+from ..runtime.feed import feed
 from .registry import MetricResult, register_metric
 
 if TYPE_CHECKING:
@@ -106,16 +107,13 @@ def build_prompt(tokenizer, length: int, depth: float, key: str) -> PasskeyPromp
 def _prompt_states(model, prompts: list[list[int]], chunk: int, tokens_per_forward: int, device, progress):
     """Run equal-length prompts (b, L) as one chunked recurrence → (last logits (b, V), state after L tokens)."""
     x = torch.tensor(prompts, dtype=torch.long, device=device)
-    b, length = x.shape
-    step = max(1, min(chunk, tokens_per_forward // b))
-    state: State | None = None
-    for a in range(0, length, step):
-        logits, state = model(x[:, a : a + step], state)
-        last = logits[:, -1]
+    b = x.shape[0]
+    for t0, t1, logits, carried in feed(model, x, None, max(1, min(chunk, tokens_per_forward // b))):
+        last = logits[:, -1], carried
         del logits
         if progress is not None:
-            progress.update(b * min(step, length - a))
-    return last, state
+            progress.update(b * (t1 - t0))
+    return last
 
 
 def _expand(state: State, rows: int) -> State:

@@ -32,7 +32,6 @@ Registers the metric ``effective_remembrance``.
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -44,6 +43,7 @@ from torch import Tensor
 from ..errors import UserError
 from ..models.base import State, concat_states
 from ..runtime.distributed import ALONE, Shard
+from ..runtime.feed import feed, segments
 from .registry import MetricResult, register_metric
 
 if TYPE_CHECKING:
@@ -83,22 +83,19 @@ def last_logits_truncated(
     g, T = seqs.shape
     m = len(ts)
     seqs = seqs.to(device)
-    edges = sorted(set(ts) | set(range(0, T, max(1, chunk))) | {T})
     state: State | None = None
     joined = 0  # grid points whose rows are in the batch: rows [0, joined·g)
     last = None
-    for t0, t1 in itertools.pairwise(edges):
+    for t0, t1 in segments(T, max(1, chunk), ts):
         while joined < m and ts[joined] <= t0:
             fresh = model.initial_state(g, device=device)
             state = fresh if state is None else concat_states([state, fresh])
             joined += 1
         rows = joined * g
-        step = max(1, tokens_per_forward // rows)  # rows × step ≤ tokens_per_forward
-        for a in range(t0, t1, step):
-            b = min(a + step, t1)
-            x = seqs[:, a:b].repeat(joined, 1)  # (joined·g, b − a), row j·g + s = sequence s
-            logits, state = model(x, state)
-            if b == T:
+        x = seqs[:, t0:t1].repeat(joined, 1)  # (joined·g, t1 − t0), row j·g + s = sequence s
+        for a, b, logits, carried in feed(model, x, state, max(1, tokens_per_forward // rows)):  # rows·(b − a) ≤ budget
+            state = carried  # after x[:, :b], the input of the next piece or segment
+            if t0 + b == T:
                 last = logits[:, -1].float() if logits.dtype in (torch.float16, torch.bfloat16) else logits[:, -1]
             del logits
             if progress is not None:

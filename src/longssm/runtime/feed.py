@@ -42,21 +42,34 @@ def segments(length: int, chunk: int, cuts: Iterable[int] = ()) -> list[tuple[in
     return list(itertools.pairwise(sorted(edges | {0})))
 
 
+PieceStep = Callable[[int, int, State | None], tuple[Tensor, State]]
+"""``step(t0, t1, s_{t0}) -> (out, s_{t1})``: computes piece [t0, t1) in place of ``model(tokens[:, t0:t1], s_{t0})``
+(it slices what it needs itself), e.g. calibration's forward under activation checkpointing, which returns the
+piece's summed loss instead of its logits."""
+
+
 def feed(
     model: Callable[[Tensor, State | None], tuple[Tensor, State]],
     tokens: Tensor,
     state: State | None = None,
     chunk: int = 1024,
     cuts: Sequence[int] = (),
+    *,
+    step: PieceStep | None = None,
 ) -> Iterator[tuple[int, int, Tensor, State]]:
     """Eq. (1): yields ``(t0, t1, logits (b, t1 − t0, V), s_{t1})`` for the pieces of ``tokens`` (b, l), cut every
     ``chunk`` tokens and at every position in ``cuts``, starting from ``state`` (None = zeros). The last state yielded
     is the state after the whole row. Gradients flow through the carried state unless the caller runs it under
-    ``torch.no_grad``; nothing is kept between pieces, so a consumer that drops each piece's logits holds one piece."""
+    ``torch.no_grad``; nothing is kept between pieces, so a consumer that drops each piece's logits holds one piece.
+
+    ``step`` (optional, ``PieceStep``) replaces each forward call: piece [t0, t1) is then ``step(t0, t1, s_{t0})``
+    and its first output is yielded in place of the logits (``model`` is then not called). Calibration passes a step
+    that runs the piece under ``torch.utils.checkpoint`` and returns its loss, so gradients reach its scales through
+    every carried state while only one piece's activations are held."""
     length = tokens.shape[1]
     for t0, t1 in segments(length, max(1, min(chunk, length)), cuts):
-        logits, state = model(tokens[:, t0:t1], state)
-        yield t0, t1, logits, state
+        out, state = model(tokens[:, t0:t1], state) if step is None else step(t0, t1, state)
+        yield t0, t1, out, state
 
 
 def token_nll(logits: Tensor, targets: Tensor) -> Tensor:
