@@ -12,6 +12,7 @@ import torch
 
 from conftest import tiny_overrides
 from longssm import checkpoint as ckpt_io
+from longssm import files
 from longssm.config import RunConfig, from_dict
 from longssm.data.tokenizer import load_tokenizer
 from longssm.errors import UserError
@@ -102,21 +103,26 @@ def test_checkpoint_holds_every_stream_state_and_prunes(tmp_path, corpus_file):
     assert loaded_cfg.model.vocab_size == 256 and loaded_cfg.state.scheme == "previous"
 
 
-def test_interrupted_save_leaves_the_previous_checkpoint_loadable(tmp_path, corpus_file):
+def test_interrupted_save_leaves_the_previous_checkpoint_loadable(tmp_path, corpus_file, monkeypatch):
     cfg = cfg_of(corpus_file, tmp_path / "cache", train__checkpoint_every=4, train__steps=4)
     train(cfg, tmp_path / "run")
     good = ckpt_io.latest_checkpoint(tmp_path / "run")
     model, _, _ = ckpt_io.load_model(good)
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
 
-    def crash(tmp_dir):
+    def crash(tmp_dir, path):
+        assert (tmp_dir / "meta.json").is_file()  # everything was written: only the rename is left
         raise Interrupt("power cut before the rename")
 
+    monkeypatch.setattr(files, "_publish", crash)
     with pytest.raises(Interrupt):
-        ckpt_io.save_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000008", model, cfg, 8, before_rename=crash)
+        ckpt_io.save_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000008", model, cfg, 8)
     assert ckpt_io.latest_checkpoint(tmp_path / "run") == good  # the half-written one is invisible
     with pytest.raises(Interrupt):  # overwriting an existing checkpoint is just as safe
-        ckpt_io.save_checkpoint(good, model, cfg, 4, before_rename=crash)
+        ckpt_io.save_checkpoint(good, model, cfg, 4)
     ckpt_io.load_model(good)
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert after == before  # no temporary entry left, not one byte of the run changed
 
 
 def poison(monkeypatch, step: int, models: list | None = None) -> None:

@@ -13,19 +13,16 @@
       source.json                    where the weights came from (runs made by import, calibrate, train --init-from)
       tokenizer.json                 the run's own tokenizer (imported runs), named by data.tokenizer
 
-A checkpoint is written into ``.tmp-*`` beside its final name and renamed into place, so an interrupted save
-never leaves a half-written checkpoint under a name that ``--resume auto`` would pick.
+A checkpoint is written into ``.tmp-*`` beside its final name, fsynced and renamed into place (``files.atomic_dir``),
+so an interrupted save never leaves a half-written checkpoint under a name that ``--resume auto`` would pick.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,10 +34,11 @@ from safetensors.torch import load_file, save_file
 
 from .config import RunConfig, from_dict, to_dict
 from .errors import UserError, first_line
+from .files import OLD_PREFIX, TMP_PREFIX, atomic_dir
 from .paths import resolve_path
 
 META = "meta.json"
-PARTIAL_PREFIXES = (".tmp-", ".old-")
+PARTIAL_PREFIXES = (TMP_PREFIX, OLD_PREFIX)
 """Names of a save in progress: the checkpoint being written, the one it replaces (``save_checkpoint``)."""
 RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "source.json", "checkpoints", "final", "tensorboard", "eval_cache")
 """What a training writes into its run directory (``train --overwrite`` deletes these)."""
@@ -96,72 +94,38 @@ def save_checkpoint(
     step: int,
     trainer: dict[str, Any] | None = None,
     states: dict[str, torch.Tensor] | None = None,
-    before_rename=None,
 ) -> Path:
-    """Write a checkpoint directory atomically (temporary directory, then rename). Returns ``path``.
+    """Write a checkpoint directory atomically (``files.atomic_dir``: a temporary directory, fsynced, renamed over
+    ``path``). Returns ``path``.
 
     ``meta.json`` (written last) lists the files, so a checkpoint that lost one is not complete (``is_complete``).
     A write that fails (a full disk, ...) or is interrupted removes its temporary directory: an ``OSError`` naming
     ``path`` (or the ``KeyboardInterrupt``) propagates and whatever was at ``path`` before is untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f"{PARTIAL_PREFIXES[0]}{path.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     try:
-        save_weights(model, tmp / "model.safetensors")
-        if states:
-            save_file(states, str(tmp / "states.safetensors"))
-        if trainer is not None:
-            torch.save(trainer, tmp / "trainer.pt")
-        (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-        files = sorted(f.name for f in tmp.iterdir())
-        meta = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "format": 1, "files": files}
-        (tmp / META).write_text(json.dumps(meta))
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, (OSError, RuntimeError, SafetensorError)):  # torch.save reports a failed write as RuntimeError
-            raise OSError(f"cannot write checkpoint {path}: {first_line(e)}") from e
-        raise
-    if before_rename is not None:  # test hook: simulate a crash between writing and publishing
-        before_rename(tmp)
-    old = None
-    if path.exists():
-        old = path.parent / f"{PARTIAL_PREFIXES[1]}{path.name}-{os.getpid()}"
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        with atomic_dir(path, replace=True) as tmp:
+            save_weights(model, tmp / "model.safetensors")
+            if states:
+                save_file(states, str(tmp / "states.safetensors"))
+            if trainer is not None:
+                torch.save(trainer, tmp / "trainer.pt")
+            (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+            files = sorted(f.name for f in tmp.iterdir())
+            meta = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "format": 1, "files": files}
+            (tmp / META).write_text(json.dumps(meta))
+    except (OSError, RuntimeError, SafetensorError) as e:  # torch.save reports a failed write as RuntimeError
+        raise OSError(f"cannot write checkpoint {path}: {first_line(e)}") from e
     return path
-
-
-@contextmanager
-def new_directory(path: str | Path) -> Iterator[Path]:
-    """Write a new directory atomically: yields a ``.tmp-*`` directory beside ``path``, renamed to ``path`` when the
-    block succeeds and deleted when it raises, so a failed command leaves nothing under ``path``. ``UserError`` if
-    ``path`` exists (nothing is overwritten)."""
-    path = Path(path)
-    if path.exists():
-        raise UserError(f"{path} exists; choose a new output directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_run(path: str | Path, model: torch.nn.Module, config: RunConfig, source: dict[str, Any]) -> Path:
     """Write a new run directory that holds one checkpoint, ``final/`` (weights and config, no trainer state), and
-    ``source.json`` (where its weights came from), atomically (``new_directory``). A tokenizer file
+    ``source.json`` (where its weights came from), atomically
+    (``files.atomic_dir``; an existing ``path`` is refused). A tokenizer file
     (``data.tokenizer`` not byte or gpt2) is copied into the run as ``tokenizer.json``, and ``data.tokenizer`` names
     that copy (an absolute path). Returns ``path``."""
     path = Path(path)
-    with new_directory(path) as tmp:
+    with atomic_dir(path) as tmp:
         if config.data.tokenizer not in ("byte", "gpt2"):
             shutil.copyfile(resolve_path(config.data.tokenizer), tmp / "tokenizer.json")
             config = replace(config, data=replace(config.data, tokenizer=str(path.resolve() / "tokenizer.json")))

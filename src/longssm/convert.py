@@ -16,10 +16,11 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from .checkpoint import load_model, new_directory, save_run
+from .checkpoint import load_model, save_run
 from .config import DataConfig, ModelConfig, RunConfig
 from .data.tokenizer import load_tokenizer
 from .errors import UserError
+from .files import atomic_dir
 from .models import build_model
 from .models.hf_adapters import hf_adapter
 from .models.lm import HEAD
@@ -76,7 +77,7 @@ def export_hf(run: str | Path, out: str | Path) -> Path:
     weights = hf_adapter(cfg.model.family).to_hf(model.state_dict())
     if cfg.model.tie_embeddings:
         del weights[HEAD]
-    with new_directory(out) as tmp:
+    with atomic_dir(out) as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})

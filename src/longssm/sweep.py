@@ -39,6 +39,7 @@ from typing import Any
 from .checkpoint import is_complete, latest_checkpoint
 from .config import EvalConfig, Overrides, RunConfig, apply_overrides, from_dict, read_config_file, to_dict
 from .errors import UserError
+from .files import write_text_atomic
 
 UNHASHED = (("name",), ("train", "progress"))
 """Config entries that do not change what a cell computes: left out of its digest."""
@@ -175,7 +176,7 @@ def record_grid_keys(out: Path, keys: list[str]) -> list[str]:
     path = out / "sweep.json"
     known = json.loads(path.read_text())["grid_keys"] if path.is_file() else []
     known += [k for k in keys if k not in known]
-    path.write_text(json.dumps({"grid_keys": known}, indent=1) + "\n")
+    write_text_atomic(path, json.dumps({"grid_keys": known}, indent=1) + "\n")
     return known
 
 
@@ -199,7 +200,7 @@ def train_cell(cell: Cell, progress: bool) -> None:
     resumed = latest_checkpoint(cell.directory)
     if resumed is not None:
         log(f"resuming {cell.directory.name} from {resumed.name}")
-    (cell.directory / "cell.json").write_text(json.dumps(record, indent=1) + "\n")
+    write_text_atomic(cell.directory / "cell.json", json.dumps(record, indent=1) + "\n")
     proc = subprocess.run([sys.executable, "-m", "longssm.sweep", str(cell.directory)], stdout=subprocess.PIPE,
                           text=True)
     lines = proc.stdout.strip().splitlines()
@@ -213,7 +214,7 @@ def train_cell(cell: Cell, progress: bool) -> None:
     if "error" in stats:
         record["failed"] = stats["error"]
         log(f"cell {cell.directory.name} failed: {stats['error']}")
-    (cell.directory / "cell.json").write_text(json.dumps(record, indent=1) + "\n")
+    write_text_atomic(cell.directory / "cell.json", json.dumps(record, indent=1) + "\n")
 
 
 def train_cell_process(directory: Path) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..files import atomic_file, sha256_file, write_text_atomic
 from ..paths import resolve_path
 from .tokenizer import Tokenizer
 
@@ -54,19 +54,9 @@ def split_documents(text: str) -> list[str]:
     return docs
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_file(path, "wb") as f:
         np.save(f, array)
-    os.replace(tmp, path)
 
 
 def load_corpus(
@@ -92,9 +82,9 @@ def load_corpus(
         if len(tokens) and int(tokens.min()) < 0:
             raise UserError(f"token file {spec} has a negative id ({int(tokens.min())}); ids are 0 … vocabulary "
                             f"size − 1")
-        return Corpus(tokens, np.zeros(1, dtype=np.int64), str(path), _file_digest(path)[:16] + "-npy")
+        return Corpus(tokens, np.zeros(1, dtype=np.int64), str(path), sha256_file(path)[:16] + "-npy")
 
-    digest = hashlib.sha256((_file_digest(path) + tokenizer.identity).encode()).hexdigest()[:20]
+    digest = hashlib.sha256((sha256_file(path) + tokenizer.identity).encode()).hexdigest()[:20]
     cache = Path(cache_dir)
     tok_file, doc_file = cache / f"{digest}.tokens.npy", cache / f"{digest}.docs.npy"
     if tok_file.is_file() and doc_file.is_file():
@@ -122,5 +112,5 @@ def load_corpus(
     _atomic_save(doc_file, doc_starts)
     _atomic_save(tok_file, tokens)
     info = {"source": str(path), "tokenizer": tokenizer.identity, "tokens": len(tokens)}
-    (cache / f"{digest}.json").write_text(json.dumps(info))
+    write_text_atomic(cache / f"{digest}.json", json.dumps(info))
     return Corpus(np.load(tok_file, mmap_mode="r"), doc_starts, str(path), digest)

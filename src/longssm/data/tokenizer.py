@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from ..errors import UserError, first_line
+from ..files import sha256_file
 from ..paths import resolve_path
 
 
@@ -41,7 +41,7 @@ class HFTokenizer:
         self._tok.no_padding()
         self.name = name or str(path)
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
-        self.identity = "hf-" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        self.identity = "hf-" + sha256_file(path)[:16]
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import UserError
+from ..files import sha256_file, write_text_atomic
 from ..runtime.distributed import ALONE, Shard
 from .registry import MetricResult
 
@@ -27,12 +27,8 @@ R = TypeVar("R", bound=MetricResult)
 
 
 def file_hash(path: str | Path) -> str:
-    """SHA-256 (first 16 hex digits) of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    """SHA-256 (first 16 hex digits) of a file."""
+    return sha256_file(path)[:16]
 
 
 def model_hash(weights: str | Path, model_config: dict) -> str:
@@ -107,9 +103,7 @@ class EvalCache:
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps({"model": self.model_hash, "data": self.data_hash, "metric": metric,
-                                       "L": length, "settings": settings, "value": value}))
-            os.replace(tmp, path)
+            write_text_atomic(path, json.dumps({"model": self.model_hash, "data": self.data_hash, "metric": metric,
+                                                "L": length, "settings": settings, "value": value}))
         except OSError:  # a read-only run directory: evaluate without caching
             pass

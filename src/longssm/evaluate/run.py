@@ -38,6 +38,7 @@ from ..config import DEFAULT_LENGTHS, EvalConfig, to_dict
 from ..data.corpus import load_corpus
 from ..data.tokenizer import load_tokenizer
 from ..errors import UserError
+from ..files import write_text_atomic
 from ..runtime import distributed
 from ..runtime.device import resolve_device
 from .cache import EvalCache, model_hash
@@ -125,8 +126,8 @@ def write_outputs(result: Result, json_path: str | Path | None, plots_dir: str |
     if json_path:
         path = Path(json_path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2))
-        path.with_suffix(".md").write_text(report + "\n")
+        write_text_atomic(path, json.dumps(result, indent=2))
+        write_text_atomic(path.with_suffix(".md"), report + "\n")
     return report
 
 

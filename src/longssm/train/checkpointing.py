@@ -14,6 +14,7 @@ import yaml
 
 from .. import checkpoint as ckpt_io
 from ..config import RunConfig, to_dict
+from ..files import write_text_atomic
 from ..pretrained import Pretrained
 from ..runtime.distributed import Shard
 from .state import TrainState
@@ -27,7 +28,7 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, overwrite: bool, pretrained: 
     for partial in ckpt_io.remove_partial(run_dir):
         print(f"warning: removed {partial}, left by an interrupted checkpoint write", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     if pretrained is not None:
         (run_dir / "source.json").write_text(json.dumps({"init_from": pretrained.source["path"],
                                                          "format": pretrained.source["format"]}, indent=1))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
+from ..files import write_text_atomic
 from ..models.base import State, map_state, state_norms
 from ..runtime.distributed import Shard
 
@@ -23,7 +24,7 @@ class MetricsLog:
             return
         if resume_step > 0 and self.path.exists():  # drop records a crashed run wrote after its last checkpoint
             kept = [l for l in self.path.read_text().splitlines() if l and json.loads(l).get("step", 0) <= resume_step]
-            self.path.write_text("".join(l + "\n" for l in kept))
+            write_text_atomic(self.path, "".join(l + "\n" for l in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
