@@ -64,6 +64,8 @@ def test_atomic_writes_fsync_the_file_and_the_directory(tmp_path, monkeypatch):
         (d / "sub").mkdir()
         (d / "sub" / "b.bin").write_bytes(b"2")
     assert sum(s.endswith(("a.bin", "b.bin")) for s in synced) == 2 and str(tmp_path) in synced, synced
+    tmp_dir = str(tmp_path / f".tmp-d-{os.getpid()}")
+    assert tmp_dir in synced and tmp_dir + "/sub" in synced, synced  # the entries of the new tree, before the rename
 
 
 def test_atomic_dir_refuses_an_existing_path_and_replaces_on_request(tmp_path):
@@ -77,6 +79,15 @@ def test_atomic_dir_refuses_an_existing_path_and_replaces_on_request(tmp_path):
         (d / "w").write_text("v2")
     assert listing(tmp_path) == {"ckpt/w": b"v2"}  # no .old-, no .tmp- left
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_atomic_dir_replaces_a_file_and_leaves_no_old_entry(tmp_path):
+    target = tmp_path / "out"
+    target.write_text("a file")
+    with files.atomic_dir(target, replace=True) as d:
+        (d / "w").write_text("v1")
+    assert listing(tmp_path) == {"out/w": b"v1"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 @pytest.mark.parametrize("where", ["inside", "rename"])
@@ -100,4 +111,4 @@ def test_sha256_file_is_the_digest_of_the_bytes(tmp_path, size):
     path = tmp_path / "blob"
     path.write_bytes(data)
     assert files.sha256_file(path) == hashlib.sha256(data).hexdigest()
-    assert files.sha256_file(path, block=4096) == hashlib.sha256(data).hexdigest()
+    assert files.sha256_file(path, chunk=4096) == hashlib.sha256(data).hexdigest()

@@ -66,12 +66,30 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         f.write(text)
 
 
+def _fsync_tree(root: Path) -> None:
+    """fsync every file under ``root``, then every directory (``root`` included), so the entries are on disk too."""
+    entries = sorted(root.rglob("*"))
+    for file in (p for p in entries if p.is_file()):
+        with open(file, "rb") as f:
+            os.fsync(f.fileno())
+    for folder in [*(p for p in entries if p.is_dir()), root]:
+        fsync_dir(folder)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or a directory tree; errors ignored (it is already out of the way under a ``.old-`` name)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_dir(path: str | Path, *, replace: bool = False) -> Iterator[Path]:
-    """Yield a new directory ``.tmp-<name>-<pid>`` beside ``path``; when the block succeeds, fsync every file in it
-    and rename it to ``path``. An existing ``path`` is a ``UserError`` (nothing is overwritten) unless ``replace``:
-    then the old directory is renamed aside (``.old-<name>-<pid>``), the new one renamed in, the old one deleted.
-    On any exception the temporary directory is deleted and ``path`` is as it was."""
+    """Yield a new directory ``.tmp-<name>-<pid>`` beside ``path``; when the block succeeds, fsync every file and
+    directory in it and rename it to ``path``. An existing ``path`` is a ``UserError`` (nothing is overwritten)
+    unless ``replace``: then the old entry is renamed aside (``.old-<name>-<pid>``), the new one renamed in, the
+    old one deleted. On any exception the temporary directory is deleted and ``path`` is as it was."""
     path = Path(path)
     if path.exists() and not replace:
         raise UserError(f"{path} exists; choose a new output directory")
@@ -81,9 +99,7 @@ def atomic_dir(path: str | Path, *, replace: bool = False) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        for file in (p for p in tmp.rglob("*") if p.is_file()):
-            with open(file, "rb") as f:
-                os.fsync(f.fileno())
+        _fsync_tree(tmp)
         old = path.parent / f"{OLD_PREFIX}{path.name}-{os.getpid()}" if path.exists() else None
         if old is not None:
             os.replace(path, old)
@@ -94,15 +110,15 @@ def atomic_dir(path: str | Path, *, replace: bool = False) -> Iterator[Path]:
                 os.replace(old, path)
             raise
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
-    """The SHA-256 of a file's bytes (hex), read in blocks of ``block`` bytes."""
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file's bytes (hex digest), streamed in pieces of ``chunk`` bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(block), b""):
-            h.update(chunk)
+        for piece in iter(lambda: f.read(chunk), b""):
+            h.update(piece)
     return h.hexdigest()

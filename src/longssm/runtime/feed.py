@@ -158,4 +158,5 @@ def perplexity_at_length(
     seqs = make_sequences(tokens, length, eval_token_count(len(tokens), [length], max_tokens))
     n = seqs.shape[0]
     nll, _ = sequence_losses(model, seqs[shard.part(n)], chunk, tokens_per_forward, device=device)
-    return math.exp(float((shard.sum(nll.sum(0)) / n).mean()))  # the mean over t of pos(L, t), as evaluate's
+    curve = (shard.sum(nll.sum(0)) / n).numpy()  # pos(L, t), (L,) float64
+    return math.exp(float(curve.mean()))  # numpy's mean, as evaluate's ppl(L): torch's may differ in the last bit
