@@ -61,6 +61,24 @@ def training(run_dir: Path) -> bool:
     return metrics.is_file() and metrics.stat().st_size > 0
 
 
+def metrics_file(run_dir: Path) -> tuple[int, int] | None:
+    """(inode, size) of the run's metrics.jsonl, None while there is none."""
+    try:
+        st = (run_dir / "metrics.jsonl").stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size
+
+
+def training_since(run_dir: Path, before: tuple[int, int] | None) -> bool:
+    """A process started when metrics.jsonl was ``before`` is past its start-up: it has logged a step, or (a
+    resumed run) rewritten the log to its checkpoint's step, which only happens after the imports and the setup.
+    Without this a resumed run's old log says "training" at once, and a signal could land during Python's own
+    start-up, before any of longssm's code runs."""
+    now = metrics_file(run_dir)
+    return now is not None and now[1] > 0 and now != before
+
+
 def writing_checkpoint(run_dir: Path) -> bool:
     ckpts = run_dir / "checkpoints"
     return ckpts.is_dir() and any(p.name.startswith(".tmp-") for p in ckpts.iterdir())
@@ -123,15 +141,18 @@ def test_kills_anywhere_leave_a_loadable_checkpoint_and_resume_is_bit_identical(
     complete checkpoint loads, and the run resumed after all of them equals the uninterrupted one."""
     run, rng = workdir / "killed", random.Random(0)
     kills = [("SIGKILL during a checkpoint write", signal.SIGKILL, lambda: writing_another_checkpoint(run), 0.0)]
-    kills += [(f"SIGKILL at random {k}", signal.SIGKILL, lambda: training(run), rng.uniform(0.0, 0.2))
-              for k in range(4)]
-    kills += [("SIGINT twice", signal.SIGINT, lambda: training(run), rng.uniform(0.0, 0.2))]
+    kills += [(f"SIGKILL at random {k}", signal.SIGKILL, training_since, rng.uniform(0.0, 0.2)) for k in range(4)]
+    kills += [("SIGINT twice", signal.SIGINT, training_since, rng.uniform(0.0, 0.2))]
     removed_partial = False
 
     def interrupt(name: str, sig: signal.Signals, ready, delay: float) -> None:
         nonlocal removed_partial
+        before = metrics_file(run)
         proc = start(workdir, "killed", *(["--resume", "auto"] if run.exists() else []))
-        wait_for(ready, proc)
+        if ready is training_since:
+            wait_for(lambda: training_since(run, before), proc)
+        else:
+            wait_for(ready, proc)
         time.sleep(delay)
         proc.send_signal(sig)
         if sig == signal.SIGINT:
