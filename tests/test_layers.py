@@ -271,6 +271,44 @@ def test_only_main_imports_the_cli(graph):
     assert not found, "\n".join(found)
 
 
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("errors", "paths"),
+    ("config", "files"),
+    ("ops",),
+    ("models",),
+    ("data",),
+    ("runtime",),
+    ("checkpoint", "pretrained"),
+    ("train", "evaluate"),
+    APPLICATIONS,
+    ("cli", "cli_options"),
+    ("__main__",),
+)
+"""The layers of README's "Layout", bottom first: a module may import its own layer and the ones below it."""
+
+
+def layer_of(module: str) -> int | None:
+    """The index in ``LAYERS`` of ``module``'s part; None for the package facade ``longssm`` itself."""
+    found = [i for i, parts in enumerate(LAYERS) if in_part(module, *parts)]
+    return found[0] if found else None
+
+
+def upward_edges(graph: Graph) -> list[str]:
+    """Every import of a module from a layer above its own (the package facade excluded: ``longssm.register_family``
+    is a lazy re-export for users)."""
+    return [f"{a} -> {b} ({where})" for a, targets in sorted(graph.items()) if layer_of(a) is not None
+            for b, where in targets.items() if layer_of(b) is not None and layer_of(b) > layer_of(a)]
+
+
+def test_every_module_imports_only_its_own_layer_and_those_below(graph):
+    unplaced = [m for m in graph if m != PACKAGE and layer_of(m) is None]
+    assert not unplaced, f"modules in no layer of LAYERS: {unplaced}"
+    found = upward_edges(graph)
+    assert not found, "\n".join(found)
+    assert upward_edges({"longssm.data.corpus": {"longssm.runtime.feed": "data/corpus.py:1"}}) == [
+        "longssm.data.corpus -> longssm.runtime.feed (data/corpus.py:1)"]
+
+
 def test_the_layer_checks_see_a_forbidden_edge():
     g = {"longssm.train.loop": {"longssm.evaluate.run": "train/loop.py:3"}, "longssm.evaluate.run": {},
          "longssm.models.lm": {"longssm.data.corpus": "models/lm.py:9"}, "longssm.data.corpus": {}}
