@@ -63,3 +63,11 @@ def test_perplexity_at_length_is_evaluates_ppl_exactly(model, length, max_tokens
     got = perplexity_at_length(model, tokens, length, max_tokens=max_tokens, chunk=3, tokens_per_forward=9)
     want = ppl_vs_length(model, tokens, [length], max_tokens=max_tokens, chunk=3, tokens_per_forward=9)
     assert got == want[str(length)]
+
+
+@pytest.mark.parametrize("chunk", [0, -3])
+def test_a_chunk_below_one_token_is_a_user_error(model, chunk):
+    from longssm.errors import UserError
+
+    with pytest.raises(UserError, match=f"chunk must be a positive number of tokens; got {chunk}"):
+        next(feed(model, torch.zeros(1, 5, dtype=torch.long), chunk=chunk))

@@ -33,16 +33,9 @@ def prefill(model: nn.Module, tokens: Tensor, chunk: int = 1024, state: State | 
     pieces of at most ``chunk`` tokens through ``runtime.feed.feed``."""
     if tokens.shape[1] == 0:
         raise UserError("the prompt is empty: generation needs at least one prompt token")
-    check_chunk(chunk)
     for _, _, logits, carried in feed(model, tokens, state, chunk):
         last = logits[:, -1], carried
     return last
-
-
-def check_chunk(chunk: int) -> None:
-    """``UserError`` unless ``chunk`` (tokens per forward call) is ≥ 1."""
-    if chunk < 1:
-        raise UserError(f"chunk must be a positive number of tokens; got {chunk}")
 
 
 @dataclass(frozen=True)

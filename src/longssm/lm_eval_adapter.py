@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from .data.tokenizer import Tokenizer
 from .errors import UserError
-from .generate import Sampler, check_chunk, generate_text, load_for_generation
+from .generate import Sampler, generate_text, load_for_generation
 from .runtime.feed import feed
 
 try:
@@ -62,7 +62,6 @@ def score_tokens(model: nn.Module, rows: Sequence[Sequence[int]], starts: Sequen
     (Σ log q(x_t | x_<t) over the scored tokens, in float64; whether every scored token is the argmax of q).
     ``starts[i] ≥ 1``: the first token of a row is context only.
     """
-    check_chunk(chunk)
     device = next(model.parameters()).device
     b, n = len(rows), max(len(r) for r in rows)
     tokens = torch.zeros(b, n, dtype=torch.long)

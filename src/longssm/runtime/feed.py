@@ -65,9 +65,10 @@ def feed(
     ``step`` (optional, ``PieceStep``) replaces each forward call: piece [t0, t1) is then ``step(t0, t1, s_{t0})``
     and its first output is yielded in place of the logits (``model`` is then not called). Calibration passes a step
     that runs the piece under ``torch.utils.checkpoint`` and returns its loss, so gradients reach its scales through
-    every carried state while only one piece's activations are held."""
-    length = tokens.shape[1]
-    for t0, t1 in segments(length, max(1, min(chunk, length)), cuts):
+    every carried state while only one piece's activations are held. A ``chunk`` below 1 is a ``UserError``."""
+    if chunk < 1:
+        raise UserError(f"chunk must be a positive number of tokens; got {chunk}")
+    for t0, t1 in segments(tokens.shape[1], chunk, cuts):
         out, state = model(tokens[:, t0:t1], state) if step is None else step(t0, t1, state)
         yield t0, t1, out, state
 
