@@ -17,6 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import bad_cases_config
+import bad_cases_os
+import bad_cases_outputs
+import bad_cases_runs
 from conftest import ForkedCli, assert_one_line_error, file_hashes, longssm, tiny_train_args
 from longssm.cli import COMMANDS
 
@@ -96,6 +100,8 @@ def inputs(tmp_path_factory, wiki_text) -> Inputs:
     (root / "not_json.json").write_text("{ppl_vs_length: 3")
     (root / "result.json").write_text(json.dumps({"ppl_vs_length": {"8": 9.0, "16": 8.0}, "train_seq_len": 8}))
     (root / "existing.txt").write_text("keep me\n")
+    for extra in EXTRA:
+        extra.make_inputs(root)
     return made
 
 
@@ -217,9 +223,12 @@ NEW_COMMAND_CASES: dict[str, list[Case]] = {
                                                          "--out", i.path("cal")], "nope.txt", 2)],
 }
 CASES += [case for command, cases in NEW_COMMAND_CASES.items() if command in COMMANDS for case in cases]
+EXTRA = (bad_cases_os, bad_cases_config, bad_cases_outputs, bad_cases_runs)
+"""The cases of issue 20, one module per topic: safe runs, output paths, config values, operating-system errors."""
+CASES += [case for module in EXTRA for case in module.CASES]
 
 
-OUTPUTS = ("p.png", "p.txt", "cmp", "qs", "sw", "imported", "cal")
+OUTPUTS = ("p.png", "p.txt", "cmp", "qs", "sw", "imported", "cal", *(out for module in EXTRA for out in module.OUTPUTS))
 """What the plot, compare, quickstart, sweep, import and calibrate cases would write into ``inputs.root``."""
 
 
