@@ -66,3 +66,19 @@ def load_tokenizer(spec: str) -> Tokenizer:
     if not path.is_file():
         raise UserError(f"data.tokenizer must be 'byte', 'gpt2' or a tokenizer.json path; {spec!r} is none of these")
     return HFTokenizer(path)
+
+
+def vocabulary_mismatch(tokenizer: Tokenizer, vocab_size: int) -> str | None:
+    """Why ``tokenizer`` cannot be the tokenizer of a model with ``vocab_size`` embeddings, or None when it can.
+
+    A model's vocabulary may exceed its tokenizer's by padding (checkpoints pad to a multiple of 8 … 128: GPT-2's
+    50257 tokens to 50280 or 50304), so it fits when ``vocab_size`` is at most the tokenizer's size rounded up to a
+    multiple of 256; a larger model vocabulary means another tokenizer (a GPT-2 model read with the byte tokenizer
+    scores 256 of its 50280 tokens), and a smaller one cannot embed every token."""
+    n = tokenizer.vocab_size
+    if n > vocab_size:
+        return f"its tokenizer {tokenizer.name!r} has {n} tokens, more than the model's vocabulary of {vocab_size}"
+    if -(-n // 256) * 256 < vocab_size:
+        return (f"its tokenizer {tokenizer.name!r} has {n} tokens, far fewer than the model's vocabulary of "
+                f"{vocab_size}: probably not the tokenizer it was trained with")
+    return None

@@ -27,17 +27,19 @@ from __future__ import annotations
 
 import math
 import signal
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Collection
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import is_complete
 from ..config import RunConfig
-from .checkpointing import Checkpointer, prepare_run_dir
+from .checkpointing import Checkpointer, prepare_run_dir, run_dir_lock
 from .guard import NonFiniteGuard
-from .metrics import LogWindow, MetricsLog, progress_bar
+from .metrics import LogWindow, MetricsLog, last_logged_loss, progress_bar
 from .resume import restore
-from .setup import prepare, step_context
+from .setup import Run, prepare, start_processes, step_context
 from .signals import Stopped, deferred_stop_signals
 from .step import train_step
 from .validation import PeriodicValidation
@@ -45,13 +47,17 @@ from .validation import PeriodicValidation
 
 def train(
     cfg: RunConfig, run_dir: str | Path, resume: str | None = None, on_step: Callable[[int, float], None] | None = None,
-    init_from: str | Path | None = None, overwrite: bool = False,
+    init_from: str | Path | None = None, overwrite: bool = False, given: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir``. ``resume``: None, "auto" (newest complete checkpoint, if any) or a path.
 
-    A ``run_dir`` that already holds a run is refused unless ``resume`` is given (continue it) or ``overwrite`` is
-    (delete what that run wrote, ``checkpoint.RUN_ENTRIES``, once every input has been checked). "auto" skips a
-    damaged newest checkpoint with a warning and resumes from the next older one.
+    One process writes a run directory at a time: ``run_dir`` is locked (``lock.py``) from the first check to the
+    last write, and a second ``train`` into it fails at once naming the process that holds it. A ``run_dir`` that
+    already holds a run is refused unless ``resume`` is given (continue it) or ``overwrite`` is (delete what
+    trainings wrote there, ``checkpoint.clear_run``, once every input has been checked; other files stay). "auto"
+    skips a damaged newest checkpoint with a warning and resumes from the next older one; a finished run whose
+    checkpoints are gone is refused, not restarted; a finished run resumed at its last step is left as it is.
+    A resume may change only the keys ``resume.py`` allows (the changes are printed and recorded in ``run.json``).
 
     Ctrl-C (SIGINT) or SIGTERM (main thread; in any process of a torchrun run) lets the step in flight finish in
     every process, saves a checkpoint of it and raises ``Stopped`` (a ``KeyboardInterrupt`` whose message names the
@@ -59,19 +65,45 @@ def train(
 
     ``init_from`` (a run, checkpoint, Hugging Face or mamba_ssm directory, see ``pretrained.read_pretrained``) starts
     a new run from those weights with a new optimizer and schedule: its model config and tokenizer replace ``cfg``'s
-    and ``<run_dir>/source.json`` records it. Returns a summary dict.
+    and ``<run_dir>/source.json`` records it; ``given`` (the config keys the user set) says which model keys must
+    agree with the source's (``setup.read_init_from``). Returns a summary dict.
 
     ``on_step(step, loss)`` is a hook for tests (e.g. to interrupt a run); it reads the loss of every step back
     from the device (the loss of a skipped step is the non-finite value itself).
     """
     run_dir = Path(run_dir)
-    run = prepare(cfg, run_dir, resume, init_from, overwrite)  # every input checked; nothing written yet
+    shard, device = start_processes(cfg)
+    with run_dir_lock(run_dir, shard):  # one writer per run directory, from its first check to its last write
+        run = prepare(cfg, run_dir, resume, init_from, overwrite, shard, device, given)  # nothing written yet
+        if run.saved is not None and run.saved.trainer.get("step") == run.cfg.train.steps and is_complete(
+                run_dir / "final"):
+            return finished(run, run_dir)
+        return train_loop(run, run_dir, overwrite, on_step)
+
+
+def finished(run: Run, run_dir: Path) -> dict[str, Any]:
+    """The summary of a finished run resumed at its last step: nothing to do, nothing written."""
+    if run.shard.is_main:
+        print(f"{run_dir} is finished at step {run.cfg.train.steps}; raise --train.steps to train on", file=sys.stderr)
+    return summary(run_dir, run.cfg, run.cfg.train.steps)
+
+
+def summary(run_dir: Path, cfg: RunConfig, steps: int) -> dict[str, Any]:
+    """What ``train`` returns and the command line prints: ``final_loss`` is the loss of the last record of
+    ``metrics.jsonl`` (the mean over its log window), the same number the file holds."""
+    return {"run_dir": str(run_dir), "steps": steps, "final_loss": last_logged_loss(run_dir),
+            "batch_size": cfg.train.batch_size}
+
+
+def train_loop(run: Run, run_dir: Path, overwrite: bool, on_step: Callable[[int, float], None] | None
+               ) -> dict[str, Any]:
+    """The loop above, from the prepared ``run`` (resumed when it holds a checkpoint) to ``final/``."""
     cfg, tc, shard, state = run.cfg, run.cfg.train, run.shard, run.state
     if run.saved is not None:
-        restore(state, run.saved, shard)
+        restore(state, run.saved, shard, run.changes, tc)
     ctx = step_context(run)  # every process has checked its inputs before rank 0 writes below
     if shard.is_main:
-        prepare_run_dir(run_dir, cfg, overwrite, run.pretrained)
+        prepare_run_dir(run_dir, cfg, overwrite, run.pretrained, state.step, run.changes)
     log, checkpoints = MetricsLog(run_dir, state.step, enabled=shard.is_main), Checkpointer(run_dir, cfg, shard)
     validate = PeriodicValidation(run.valid, tc, run.device, shard)
     bar = progress_bar(cfg, state.step, shard)
@@ -108,4 +140,4 @@ def train(
                 raise Stopped(f"saved {ckpt}; continue with --resume auto", stop_signal() or signal.SIGTERM)
             bar.update(1)
     checkpoints.save_final(state)
-    return {"run_dir": str(run_dir), "steps": state.step, "final_loss": guard.last_loss, "batch_size": tc.batch_size}
+    return summary(run_dir, cfg, state.step)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,9 @@ class MetricsLog:
         self.tb = None
         if self.path is None:
             return
-        if resume_step > 0 and self.path.exists():  # drop records a crashed run wrote after its last checkpoint
-            kept = [l for l in self.path.read_text().splitlines() if l and json.loads(l).get("step", 0) <= resume_step]
-            write_text_atomic(self.path, "".join(l + "\n" for l in kept))
+        if self.path.exists():  # drop records a crashed run wrote after its last checkpoint (all, from step 0)
+            kept = [json.dumps(r) for r in read_records(self.path) if r.get("step", 0) <= resume_step]
+            write_text_atomic(self.path, "".join(line + "\n" for line in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -47,6 +48,33 @@ class MetricsLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``; a line that is not a JSON object (a crash mid-write, an edit) is left out
+    with one warning naming it."""
+    records, bad = [], []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except ValueError:
+            record = "bad"
+        if isinstance(record, dict) and isinstance(record.get("step", 0), int):
+            records.append(record)
+        elif record is not None:
+            bad.append(number)
+    if bad:
+        print(f"warning: {path} line {', '.join(map(str, bad[:5]))} is not a metrics record; left out",
+              file=sys.stderr)
+    return records
+
+
+def last_logged_loss(run_dir: Path) -> float | None:
+    """The ``loss`` of the last training record of ``run_dir/metrics.jsonl`` (None: no record, or every step of
+    its window was skipped)."""
+    path = run_dir / "metrics.jsonl"
+    losses = [r["loss"] for r in read_records(path) if "loss" in r] if path.is_file() else []
+    return losses[-1] if losses else None
 
 
 class LogWindow:

@@ -52,3 +52,17 @@ def optimizer_and_schedule(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, tc) / tc.lr)
     return optimizer, scheduler
+
+
+def reapply_config(optimizer: torch.optim.AdamW, scheduler: torch.optim.lr_scheduler.LambdaLR, tc: TrainConfig) -> None:
+    """After loading a checkpoint's optimizer and scheduler (whose hyperparameters are those it was saved with),
+    put ``tc``'s back: the learning rate and its schedule (the lr of the next step, computed as ``LambdaLR`` does,
+    so an unchanged config resumes bit-identically), the betas and the weight decay of each ``param_groups``
+    group. A resume that changes ``train.lr``, ``train.steps`` or the betas then trains with the new values."""
+    scheduler.base_lrs = [tc.lr for _ in optimizer.param_groups]
+    decay = [tc.weight_decay, 0.0]
+    for i, (group, lam) in enumerate(zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True)):
+        group["initial_lr"] = tc.lr
+        group["lr"] = tc.lr * lam(scheduler.last_epoch)
+        group["betas"] = (tc.beta1, tc.beta2)
+        group["weight_decay"] = decay[i] if i < len(decay) else group["weight_decay"]

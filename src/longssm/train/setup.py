@@ -3,25 +3,29 @@ the device, and a new ``TrainState`` (model, optimizer, schedule, scaler, state 
 
 from __future__ import annotations
 
+import os
 import random
+import sys
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from .. import checkpoint as ckpt_io
-from ..config import RunConfig
+from ..config import RunConfig, to_dict
 from ..data.corpus import load_corpus
 from ..data.streams import StreamLoader
-from ..data.tokenizer import Tokenizer, load_tokenizer
+from ..data.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 from ..errors import UserError
 from ..models import build_model
 from ..paths import BUILTIN_PREFIX, resolve_path
 from ..pretrained import Pretrained, read_pretrained
 from ..runtime import distributed
 from ..runtime.device import autocast_for, resolve_device
-from .resume import check_run_dir, read_resume, resume_candidates
+from .resume import FREE_MODEL_KEYS, check_run_dir, config_changes, flat_config, read_resume, resume_candidates
 from .schedule import optimizer_and_schedule
 from .schemes import StateSchemes
 from .state import TrainState
@@ -47,57 +51,128 @@ class Run:
     """What ``--init-from`` read."""
     saved: ckpt_io.TrainingCheckpoint | None
     """The checkpoint to resume from, read and checked (not applied yet)."""
+    changes: dict[str, tuple[Any, Any]]
+    """Config keys a resume changes: key -> (saved value, new value); {} for a new run."""
     state: TrainState
     """A new state at step 0 (seeded by ``train.seed``; with the ``--init-from`` weights)."""
 
 
-def prepare(cfg: RunConfig, run_dir: Path, resume: str | None, init_from: str | Path | None,
-            overwrite: bool) -> Run:
-    """Check the run directory and every input, resolve the config, read the data and the checkpoint to resume
-    from, and build a new ``TrainState``, in that order: what fails first is reported and nothing is written."""
-    check_run_dir(run_dir, resume, overwrite)
-    cfg, pretrained = read_init_from(cfg, run_dir, resume, init_from)
+def start_processes(cfg: RunConfig) -> tuple[distributed.Shard, torch.device]:
+    """The CPU threads of ``train.threads``, the process group under torchrun, and this process's device."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    shard, device = distributed.init(resolve_device(cfg.train.device))
+    return distributed.init(resolve_device(cfg.train.device))
+
+
+def prepare(cfg: RunConfig, run_dir: Path, resume: str | None, init_from: str | Path | None, overwrite: bool,
+            shard: distributed.Shard, device: torch.device, given: Collection[str] | None = None) -> Run:
+    """Check the run directory and every input, resolve the config, read the data and the checkpoint to resume
+    from, and build a new ``TrainState``, in that order: what fails first is reported and nothing is written.
+    ``given``: the config keys the user set (see ``read_init_from``)."""
+    check_run_dir(run_dir, resume, overwrite)
+    cfg, pretrained = read_init_from(cfg, run_dir, resume, init_from, given)
     autocast = autocast_for(device, cfg.train.dtype)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
-    cfg = resolve_config(cfg, tokenizer, shard.world)
+    cfg = resolve_config(cfg, tokenizer, shard.world, checked=False)
+    saved = read_resume(run_dir, resume, cfg)  # a resume that changes a fixed key fails here, before the rest
+    check_vocabulary(cfg, tokenizer)
+    warn_about(cfg)
     loader, valid = load_data(cfg, tokenizer)
-    saved = read_resume(run_dir, resume, cfg)
+    changes = {} if saved is None else config_changes(saved.config, cfg)
     state = new_train_state(cfg, device, shard, pretrained)
     return Run(cfg, shard, device, autocast, loader, shard.streams(cfg.train.batch_size), valid, pretrained, saved,
-               state)
+               changes, state)
 
 
-def read_init_from(cfg: RunConfig, run_dir: Path, resume: str | None,
-                   init_from: str | Path | None) -> tuple[RunConfig, Pretrained | None]:
+def warn_about(cfg: RunConfig) -> None:
+    """Warnings (stderr, rank 0) for a config that is valid but probably not what was meant."""
+    tc = cfg.train
+    if tc.warmup_steps > tc.steps and os.environ.get("RANK", "0") == "0":
+        print(f"warning: train.warmup_steps={tc.warmup_steps} is longer than the run (train.steps={tc.steps}): the "
+              f"learning rate never reaches train.lr", file=sys.stderr)
+
+
+def check_config(cfg: RunConfig) -> RunConfig:
+    """What ``--print-config`` prints: ``cfg`` resolved as the run's config.yaml would hold it, after the checks
+    that need no data to be read (the model family, the tokenizer and its vocabulary, the data files exist)."""
+    from ..models.registry import get_family
+
+    get_family(cfg.model.family)
+    cfg = resolve_config(cfg, load_tokenizer(cfg.data.tokenizer), cfg.train.world_size)
+    for key, spec in (("data.train", cfg.data.train), ("data.valid", cfg.data.valid if cfg.train.eval_every else None)):
+        if spec is not None and not resolve_path(spec).is_file():
+            raise UserError(f"{key} {spec} is not a file")
+    return cfg
+
+
+def read_init_from(cfg: RunConfig, run_dir: Path, resume: str | None, init_from: str | Path | None,
+                   given: Collection[str] | None = None) -> tuple[RunConfig, Pretrained | None]:
     """``cfg`` with the model config and tokenizer of the ``--init-from`` directory, and what was read there
-    (``cfg`` and None without ``init_from``)."""
+    (``cfg`` and None without ``init_from``).
+
+    ``given``: the dotted config keys the user set (flags, ``--config`` file); None: those where ``cfg.model``
+    differs from the defaults. A given model key (other than ``model.scan``, ``model.dropout``, which apply) or
+    ``data.tokenizer`` that the source does not have is a ``UserError``, never ignored; so is a source without a
+    tokenizer whose vocabulary is not the byte tokenizer's, unless ``data.tokenizer`` is given."""
     if init_from is None:
         return cfg, None
     if resume_candidates(run_dir, resume):
         raise UserError(f"--init-from starts a new run, but {run_dir} has a checkpoint to resume: drop one of them")
     pretrained = read_pretrained(init_from)
-    cfg = replace(cfg, model=pretrained.model,
-                  data=replace(cfg.data, tokenizer=pretrained.tokenizer or cfg.data.tokenizer))
-    return cfg, pretrained
+    if given is None:
+        given = list(config_changes(RunConfig(), replace(RunConfig(), model=cfg.model)))
+    wanted = {k: v for k, v in flat_config(to_dict(cfg)).items() if k in given}
+    source = flat_config({"model": to_dict(pretrained.model)})
+    model = replace(pretrained.model, **{k[6:]: wanted[k] for k in FREE_MODEL_KEYS if k in wanted})
+    clash = [k for k in wanted if k.startswith("model.") and k not in FREE_MODEL_KEYS and wanted[k] != source.get(k)]
+    if clash:
+        listed = ", ".join(f"{k}={source.get(k)!r} (given {wanted[k]!r})" for k in clash)
+        raise UserError(f"--init-from {init_from} has {listed}: its weights fix the model, drop these flags (or train "
+                        f"a new model without --init-from)")
+    tokenizer = _init_tokenizer(pretrained, init_from, wanted.get("data.tokenizer"))
+    return replace(cfg, model=model, data=replace(cfg.data, tokenizer=tokenizer)), pretrained
 
 
-def resolve_config(cfg: RunConfig, tokenizer: Tokenizer, world_size: int = 1) -> RunConfig:
+def _init_tokenizer(pretrained: Pretrained, init_from: str | Path, given: str | None) -> str:
+    """The tokenizer of an ``--init-from`` run: the source's, the given one when the source has none, or byte for a
+    source without one whose vocabulary is the byte vocabulary; ``UserError`` otherwise."""
+    if pretrained.tokenizer is not None and given is not None and given != pretrained.tokenizer:
+        raise UserError(f"--init-from {init_from} was trained with tokenizer {pretrained.tokenizer}; data.tokenizer "
+                        f"{given} cannot replace it (drop --data.tokenizer)")
+    if pretrained.tokenizer is not None or given is not None:
+        return pretrained.tokenizer or str(given)
+    vocab = pretrained.model.vocab_size
+    if vocab is not None and vocab > ByteTokenizer.vocab_size:
+        raise UserError(f"--init-from {init_from} has no tokenizer.json and a vocabulary of {vocab}, not the byte "
+                        f"tokenizer's {ByteTokenizer.vocab_size}: name its tokenizer with --data.tokenizer (gpt2 or a "
+                        f"tokenizer.json path)")
+    return "byte"
+
+
+def resolve_config(cfg: RunConfig, tokenizer: Tokenizer, world_size: int = 1, checked: bool = True
+                   ) -> RunConfig:
     """Fill derived fields: the vocabulary size from the tokenizer, the batch size from the token budget, the
     number of processes, and absolute data, tokenizer and cache paths (so the run's config.yaml works from any
-    directory)."""
+    directory). ``checked``: also ``check_vocabulary`` (``prepare`` calls it itself, after the resume check)."""
     model = cfg.model
     if model.vocab_size is None:
         model = replace(model, vocab_size=tokenizer.vocab_size)
-    elif model.vocab_size < tokenizer.vocab_size:
-        raise UserError(f"model.vocab_size={model.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}")
     train = replace(cfg.train, batch_size=cfg.train.resolved_batch_size, world_size=world_size)
     d = cfg.data
-    data = replace(d, train=_absolute(d.train), valid=_absolute(d.valid), cache_dir=_absolute(d.cache_dir),
+    cache_dir = None if d.cache_dir is None else _absolute(d.cache_dir)  # None: the user's cache directory
+    data = replace(d, train=_absolute(d.train), valid=_absolute(d.valid), cache_dir=cache_dir,
                    tokenizer=d.tokenizer if d.tokenizer in ("byte", "gpt2") else _absolute(d.tokenizer))
-    return replace(cfg, model=model, train=train, data=data)
+    cfg = replace(cfg, model=model, train=train, data=data)
+    if checked:
+        check_vocabulary(cfg, tokenizer)
+    return cfg
+
+
+def check_vocabulary(cfg: RunConfig, tokenizer: Tokenizer) -> None:
+    """``UserError`` when the model's vocabulary cannot embed every token of the tokenizer."""
+    if cfg.model.vocab_size is not None and cfg.model.vocab_size < tokenizer.vocab_size:
+        raise UserError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
+                        f"{tokenizer.vocab_size}")
 
 
 def _absolute(spec: str) -> str:
