@@ -69,9 +69,9 @@ OUTPUTS: tuple[str, ...] = ()
 
 
 def make_inputs(root: Path) -> None:
-    """A copy of ``done`` without checkpoints, a config file that changes the state scheme, and a Hugging Face Mamba directory
-    with a vocabulary of 1000 and no tokenizer.json."""
-    shutil.copytree(root / "runs" / "done", root / "runs" / "no_ckpts")  # under runs/: hashed around every case
+    """A copy of ``done`` without checkpoints, a config file that changes the state scheme, and a Hugging Face
+    Mamba directory with a vocabulary of 1000 and no tokenizer.json."""
+    shutil.copytree(root / "runs" / "done", root / "runs" / "no_ckpts")  # under runs/: hashed
     shutil.rmtree(root / "runs" / "no_ckpts" / "checkpoints")
     (root / "zero_scheme.yaml").write_text("state:\n  scheme: zero\n")
     import transformers

@@ -16,6 +16,15 @@ from longssm.paths import resolve_path
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_cache_dir(tmp_path_factory) -> Path:
+    """The tests' own user cache directory ($LONGSSM_CACHE_DIR, inherited by every child process): nothing a test
+    runs writes into the real ~/.cache/longssm."""
+    path = tmp_path_factory.mktemp("user_cache")
+    os.environ["LONGSSM_CACHE_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def wiki_text() -> str:
     """The first ~60 KB of the shipped WikiText-103 training slice (several whole articles)."""

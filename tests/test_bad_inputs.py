@@ -158,7 +158,7 @@ CASES: list[Case] = [
     ("resume: another family", lambda i: i.train("--resume", i.run() + "/checkpoints/step-00000006",
                                                  "--model.family", "gru"), "model.family is 'mamba' there", 2),
     ("resume: changed batch size", lambda i: i.train("--resume", "auto", "--train.batch_size", "8", run_dir=i.run()),
-     "train.batch_size=8", 2),
+     "train.batch_size is 4 there and 8 here", 2),
     ("resume: not a checkpoint", lambda i: i.train("--resume", i.path("a_directory")), "a_directory", 2),
     ("resume: truncated checkpoint", lambda i: i.train("--resume", i.run("all_damaged") + "/checkpoints/step-00000006"),
      "cannot read weights", 2),

@@ -115,7 +115,12 @@ def test_print_config_prints_the_resolved_yaml(tmp_path):
     printed = yaml.safe_load(proc.stdout)
     assert printed["train"]["lr"] == 0.004 and printed["model"]["family"] == "mamba"
     assert not (tmp_path / "runs").exists()  # printing trains nothing
-    assert from_dict(RunConfig, printed) == load_config("mamba_tiny", ["--train.lr", "0.004"])  # a valid --config
+    from longssm.data.tokenizer import load_tokenizer
+    from longssm.train.setup import resolve_config
+
+    expected = resolve_config(load_config("mamba_tiny", ["--train.lr", "0.004"]), load_tokenizer("byte"))
+    assert from_dict(RunConfig, printed) == expected  # a valid --config, resolved as the run's config.yaml holds it
+    assert printed["model"]["vocab_size"] == 256
 
 
 def test_eval_help_shows_the_eval_config():

@@ -193,7 +193,7 @@ def test_vocab_mismatch_is_a_one_line_error(trained, capsys, tmp_path):
     cfg["data"]["tokenizer"] = "gpt2"  # 50257 tokens, the checkpoint has 256
     (bad / "final" / "config.yaml").write_text(yaml.safe_dump(cfg))
     code, _, err = run_cli(capsys, "eval", str(bad), "--data", str(corpus), "--lengths", "8", "--no-progress")
-    assert_one_line_error(code, err, "eval", "do not match")
+    assert_one_line_error(code, err, "eval", "more than the model's vocabulary of 256")
 
 
 @pytest.mark.parametrize("args, needle", [

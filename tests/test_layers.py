@@ -273,12 +273,12 @@ def test_only_main_imports_the_cli(graph):
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "paths"),
-    ("config", "files"),
+    ("config", "files", "lock"),
     ("ops",),
     ("models",),
     ("data",),
     ("runtime",),
-    ("checkpoint", "pretrained"),
+    ("checkpoint", "pretrained", "outputs"),
     ("train", "evaluate"),
     APPLICATIONS,
     ("cli", "cli_options"),

@@ -36,6 +36,7 @@ from .data.tokenizer import load_tokenizer
 from .errors import UserError
 from .models import RecurrentLM
 from .models.base import State
+from .outputs import check_new_directory
 from .runtime.feed import feed
 
 Method = Literal["delta_scale", "a_scale"]
@@ -67,7 +68,9 @@ def _chunk_loss(model: RecurrentLM, scales: dict[str, Tensor], x: Tensor, y: Ten
 def calibrate_run(run: str | Path, method: Method, target_length: int, data: str, out: str | Path, steps: int = 20,
                   lr: float = 0.1, windows: int = 4, chunk: int = 1024) -> dict[str, object]:
     """Learn ``method``'s per-layer scales for ``target_length`` on ``data`` and write the run ``out`` (the weights
-    of ``run``, the scales in its config). Returns ``{"scales", "loss_before", "loss_after", ...}``."""
+    of ``run``, the scales in its config). Returns ``{"scales", "loss_before", "loss_after", ...}``. ``out`` is
+    checked first: it must not exist nor lie inside a checkpoint or a run's files (``outputs.py``)."""
+    check_new_directory(out, "--out")
     if target_length < 1 or steps < 0 or windows < 1 or chunk < 1 or not lr > 0:
         raise UserError("--target-length, --windows and --chunk must be >= 1, --steps >= 0 and --lr > 0")
     model, cfg, ckpt = load_model(run)

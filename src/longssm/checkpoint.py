@@ -19,8 +19,12 @@ so an interrupted save never leaves a half-written checkpoint under a name that 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import pickle
+import re
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -33,14 +37,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import RunConfig, from_dict, to_dict
-from .errors import UserError, first_line
+from .errors import OperationFailed, UserError, first_line
 from .files import OLD_PREFIX, TMP_PREFIX, atomic_dir
 from .paths import resolve_path
 
 META = "meta.json"
 PARTIAL_PREFIXES = (TMP_PREFIX, OLD_PREFIX)
 """Names of a save in progress: the checkpoint being written, the one it replaces (``save_checkpoint``)."""
-RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "source.json", "checkpoints", "final", "tensorboard", "eval_cache")
+RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "source.json", "run.json", "checkpoints", "final", "tensorboard",
+               "eval_cache")
 """What a training writes into its run directory (``train --overwrite`` deletes these)."""
 
 
@@ -100,22 +105,38 @@ def save_checkpoint(
 
     ``meta.json`` (written last) lists the files, so a checkpoint that lost one is not complete (``is_complete``).
     A write that fails (a full disk, ...) or is interrupted removes its temporary directory: an ``OSError`` naming
-    ``path`` (or the ``KeyboardInterrupt``) propagates and whatever was at ``path`` before is untouched."""
+    ``path`` and carrying the failure's errno (``errors.OperationFailed``: ``cannot write checkpoint PATH: no space
+    left on device``), or the ``KeyboardInterrupt``, propagates and whatever was at ``path`` before is untouched."""
     path = Path(path)
     try:
         with atomic_dir(path, replace=True) as tmp:
             save_weights(model, tmp / "model.safetensors")
             if states:
                 save_file(states, str(tmp / "states.safetensors"))
-            if trainer is not None:
-                torch.save(trainer, tmp / "trainer.pt")
+            if trainer is not None:  # through a buffer: torch.save's own writes lose the errno of a failure
+                buffer = io.BytesIO()
+                torch.save(trainer, buffer)
+                (tmp / "trainer.pt").write_bytes(buffer.getbuffer())
+                del buffer
             (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
             files = sorted(f.name for f in tmp.iterdir())
             meta = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "format": 1, "files": files}
             (tmp / META).write_text(json.dumps(meta))
-    except (OSError, RuntimeError, SafetensorError) as e:  # torch.save reports a failed write as RuntimeError
-        raise OSError(f"cannot write checkpoint {path}: {first_line(e)}") from e
+    except OSError as e:
+        raise OperationFailed(f"cannot write checkpoint {path}", e) from e
+    except SafetensorError as e:  # "... I/O error: No space left on device (os error 28)"
+        raise OperationFailed(f"cannot write checkpoint {path}", _safetensors_os_error(e)) from e
     return path
+
+
+def _safetensors_os_error(e: SafetensorError) -> OSError:
+    """The ``OSError`` (with its errno, when the message names one: ``(os error 28)``) of a failed safetensors
+    write."""
+    found = re.search(r"\(os error (\d+)\)", str(e))
+    if found is None:
+        return OSError(first_line(e))
+    code = int(found[1])
+    return OSError(code, os.strerror(code))
 
 
 def save_run(path: str | Path, model: torch.nn.Module, config: RunConfig, source: dict[str, Any]) -> Path:
@@ -180,6 +201,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise UserError(f"no such run or checkpoint: {path}")
+    if not path.is_dir():
+        raise UserError(f"{path} is a file, not a run or checkpoint directory")
+    foreign = foreign_checkpoint(path)
+    if foreign is not None:
+        raise UserError(f"{path} is {foreign} checkpoint directory, not a longssm run: convert it with "
+                        f"`longssm import {path} --out RUN`")
     for ckpt in (path, path / "final"):
         if (ckpt / META).exists() or (ckpt / "model.safetensors").exists():  # a checkpoint, complete or damaged
             problem = incomplete(ckpt)
@@ -190,6 +217,23 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if latest is None:
         raise UserError(f"{path} holds no complete checkpoint (expected final/ or checkpoints/step-*/ with {META})")
     return latest
+
+
+def foreign_checkpoint(path: Path) -> str | None:
+    """"a Hugging Face" or "a mamba_ssm" when ``path`` is that program's checkpoint directory (a ``config.json``
+    with ``model_type``, or with ``d_model`` and ``n_layer``, and no ``meta.json``: what ``pretrained.py`` reads),
+    else None."""
+    if (path / META).exists():
+        return None
+    try:
+        raw = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    if "model_type" in raw:
+        return "a Hugging Face"
+    return "a mamba_ssm" if "d_model" in raw and "n_layer" in raw else None
 
 
 def read_config(ckpt: Path) -> RunConfig:
@@ -279,14 +323,55 @@ def holds_run(run_dir: Path) -> str | None:
     return None
 
 
-def clear_run(run_dir: Path) -> None:
-    """Delete what a training wrote into ``run_dir`` (``RUN_ENTRIES``): ``train --overwrite``. Other files stay."""
-    for name in RUN_ENTRIES:
+CHECKPOINT_FILES = ("model.safetensors", "states.safetensors", "trainer.pt", "config.yaml", META)
+"""The files ``save_checkpoint`` writes into a checkpoint directory."""
+RUN_RECORD = "run.json"
+"""A run's metadata: what its trainings wrote (``written``) and its history (start, resumes, what they changed)."""
+
+
+def clear_run(run_dir: Path) -> list[Path]:
+    """Delete what trainings wrote into ``run_dir`` (``train --overwrite``) and return what stays: the entries
+    ``run.json`` lists as written (``RUN_ENTRIES`` for a run without one), and inside ``checkpoints/``, ``final/``,
+    ``tensorboard/`` and ``eval_cache/`` only the files longssm writes there (checkpoint directories and their
+    files, TensorBoard event files, cache entries). Any other file stays, and so does the directory holding it."""
+    written = read_run_record(run_dir).get("written", RUN_ENTRIES)
+    for name in (n for n in RUN_ENTRIES if n in written):
         entry = run_dir / name
-        if entry.is_dir():
-            shutil.rmtree(entry)
-        elif entry.exists():
+        if entry.is_file() or entry.is_symlink():
             entry.unlink()
+        elif entry.is_dir():
+            _clear_ours(entry, name)
+    return sorted(p for p in run_dir.rglob("*") if p.is_file() and p.name != RUN_RECORD)
+
+
+def _clear_ours(entry: Path, name: str) -> None:
+    """Delete longssm's own files under the run entry ``entry`` (``checkpoints``, ``final``, ...), then every
+    directory left empty (``entry`` included)."""
+    if name == "checkpoints":
+        for ckpt in [*entry.glob("step-*"), *(p for p in entry.iterdir() if p.name.startswith(PARTIAL_PREFIXES))]:
+            if ckpt.is_dir():
+                _clear_ours(ckpt, "final")
+    elif name == "final":
+        for f in CHECKPOINT_FILES:
+            (entry / f).unlink(missing_ok=True)
+    elif name == "tensorboard":
+        for f in entry.glob("events.out.tfevents.*"):
+            f.unlink()
+    elif name == "eval_cache":
+        for f in entry.glob("*/L*-*.json"):
+            f.unlink()
+    for d in sorted((p for p in entry.rglob("*") if p.is_dir()), reverse=True) + [entry]:
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
+def read_run_record(run_dir: Path) -> dict[str, Any]:
+    """``run.json`` of a run directory ({} when it has none or it is unreadable)."""
+    try:
+        record = json.loads((Path(run_dir) / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def remove_partial(run_dir: Path) -> list[Path]:

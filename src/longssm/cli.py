@@ -21,30 +21,37 @@ import yaml
 
 from .cli_options import Command, OptionTable, Parsed
 from .config import EvalConfig, RunConfig, apply_overrides, from_dict, load_config, read_config_file, to_dict
-from .errors import ConfigError, UserError
+from .errors import ConfigError, OutOfMemory, UserError, allocation_failure, os_error_line
 
 
 def train(cfg: RunConfig, run_dir: str | None = None, resume: str | None = None, init_from: str | None = None,
-          overwrite: bool = False) -> None:
+          overwrite: bool = False, given: list[str] | None = None) -> None:
     """Train a model: a YAML config (--config) plus dotted overrides such as --train.lr 1e-3.
 
+    --resume auto alone continues the run with its own saved config; a key given again must keep its value if it
+    fixes what the step and the carried states mean (model.*, data.train, data.tokenizer, train.seq_len,
+    train.batch_size, train.tokens_per_step, train.seed, state.*), any other key may change (train.steps, the
+    learning rate, logging, checkpoints, ...): the changes are printed and recorded in the run's run.json.
+
     Args:
-        run_dir: Run directory (default runs/<name>).
+        run_dir: Run directory (default runs/<name>). One process at a time writes it (a second one exits 2).
         resume: 'auto' (the newest complete checkpoint of the run directory) or a checkpoint path.
         init_from: Start from these weights (a run, checkpoint, Hugging Face or mamba_ssm directory) with a new
-            optimizer and schedule; their model config and tokenizer replace model.* and data.tokenizer.
-        overwrite: Replace the run already in the run directory (its checkpoints, final/ and metrics are deleted).
+            optimizer and schedule; their model config and tokenizer replace model.* and data.tokenizer (a model
+            flag that disagrees with them is an error).
+        overwrite: Replace the run already in the run directory (what trainings wrote there is deleted; other
+            files stay).
     """
     from .train import train as run_training
 
     summary = run_training(cfg, run_dir or Path("runs") / cfg.name, resume=resume, init_from=init_from,
-                           overwrite=overwrite)
+                           overwrite=overwrite, given=given)
     if _is_main_process():
         print(json.dumps(summary))
 
 
 def evaluate(run: str, cfg: EvalConfig, json_out: str | None = None, plots: str | None = None,
-             progress: bool = True) -> None:
+             progress: bool = True, force: bool = False) -> None:
     """Evaluate a run or checkpoint: perplexity vs length and the other length-extension metrics, as an exact
     chunked recurrence (memory flat in L), cached per (checkpoint, data, metric, L) in <run>/eval_cache.
 
@@ -53,52 +60,70 @@ def evaluate(run: str, cfg: EvalConfig, json_out: str | None = None, plots: str 
         json_out: Write the result JSON here (and a .md report beside it).
         plots: Write PNG plots (with CSV data beside them) into this directory.
         progress: Show progress bars (--no-progress turns them off).
+        force: Overwrite existing output files that longssm did not write.
     """
-    from .evaluate.run import evaluate_run, write_outputs
+    from .evaluate.run import check_cache_dir, check_eval_outputs, evaluate_run, report_path, write_outputs
 
+    check_eval_outputs(json_out, plots, force)
+    check_cache_dir(cfg)
     result = evaluate_run(run, cfg, progress=progress)
     if not _is_main_process():  # torchrun: every process has the result, rank 0 writes it
         return
-    print(write_outputs(result, json_out, plots))
-    for f in ([json_out, str(Path(json_out).with_suffix(".md"))] if json_out else []) + result.get("plots", []):
+    print(write_outputs(result, json_out, plots, force))
+    for f in ([json_out, str(report_path(Path(json_out)))] if json_out else []) + result.get("plots", []):
         print(f"wrote {f}", file=sys.stderr)
 
 
-def plot(results: list[str], out: str, title: str | None = None) -> None:
+def plot(results: list[str], out: str, title: str | None = None, force: bool = False) -> None:
     """Plot perplexity vs length of one or more eval JSON files.
 
     Args:
         results: Eval JSON files.
         out: Image file to write (.png, .pdf, .svg); the plotted numbers go beside it as .csv.
         title: Plot title.
+        force: Overwrite existing output files that longssm did not write.
     """
-    from .evaluate.plots import check_plot_path, plot_ppl_vs_length
+    from .evaluate.plots import check_plot_path, finite_points, plot_ppl_vs_length
+    from .evaluate.report import with_unique_labels
     from .evaluate.run import load_result
+    from .outputs import check_file, staged_outputs
 
-    check_plot_path(out)
+    path = check_plot_path(out)
+    for target in (path, path.with_suffix(".csv")):
+        check_file(target, "--out", force)
     loaded = [load_result(r) for r in results]
     if not all(r.get("ppl_vs_length") for r in loaded):
         raise UserError("every result needs 'ppl_vs_length' for this plot; use `longssm compare` for the other metrics")
-    path = plot_ppl_vs_length(loaded, out, title)
-    print(f"wrote {path} and {Path(path).with_suffix('.csv')}")
+    for name, result in zip(results, loaded):
+        if not finite_points(result["ppl_vs_length"])[0]:
+            raise UserError(f"{name} has no finite perplexity to plot (every ppl_vs_length value is inf or nan)")
+    loaded = with_unique_labels(loaded, results)  # two runs named alike: told apart by their directory or file
+    with staged_outputs(path.parent, "--out", force) as staging:
+        plot_ppl_vs_length(loaded, staging / path.name, title)
+    print(f"wrote {path} and {path.with_suffix('.csv')}")
 
 
-def compare(results: list[str], out: str, cfg: EvalConfig, progress: bool = True) -> None:
+def compare(results: list[str], out: str, cfg: EvalConfig, progress: bool = True, force: bool = False) -> None:
     """Overlay several runs: every metric's plot, the sweep heatmap and the verdicts.
 
     Args:
         results: Eval JSON files, or run directories (evaluated with the evaluation options below).
-        out: Output directory.
+        out: Output directory (it may exist; files in it that longssm did not write are not overwritten).
         progress: Show progress bars (--no-progress turns them off).
+        force: Overwrite existing output files that longssm did not write.
     """
-    from .evaluate.run import check_output_dir, evaluate_run, load_result
+    from .evaluate.run import check_cache_dir, check_output_dir, evaluate_run, load_result
     from .evaluate.run import compare as compare_results
 
-    check_output_dir(out)
+    check_output_dir(out, force)
+    check_cache_dir(cfg)
     loaded = [evaluate_run(r, cfg, progress=progress) if Path(r).is_dir() else load_result(r) for r in results]
     if not _is_main_process():  # torchrun: run directories were evaluated sharded; rank 0 writes the comparison
         return
-    summary = compare_results(loaded, out)
+    from .evaluate.report import with_unique_labels
+
+    loaded = with_unique_labels(loaded, [None if Path(r).is_dir() else r for r in results])
+    summary = compare_results(loaded, out, force)
     print(summary["report"])
     for f in summary["plots"] + summary["files"]:
         print(f"wrote {f}", file=sys.stderr)
@@ -161,7 +186,7 @@ def generate(run: str, prompt: str | None = None, prompt_file: str | None = None
     """Generate text from a run or checkpoint, streamed: the prompt through the chunked recurrence, then token by token.
 
     Decoding runs from the carried state, so memory does not grow with the prompt or the output. The text goes to
-    stdout as it is produced (the continuation only, not the prompt).
+    stdout as it is produced (the continuation only, not the prompt), ended by a newline unless it ends in one.
 
     Args:
         run: Run directory or checkpoint directory.
@@ -175,18 +200,20 @@ def generate(run: str, prompt: str | None = None, prompt_file: str | None = None
         device: auto, cpu, cuda or cuda:N.
         chunk: Prompt tokens per forward call.
     """
-    from .generate import Sampler, generate_from_run
+    from .generate import Sampler, generate_from_run, read_prompt_file
 
     if (prompt is None) == (prompt_file is None):
         raise UserError("give exactly one of --prompt TEXT and --prompt-file FILE")
-    text = prompt if prompt_file is None else Path(prompt_file).read_text(encoding="utf-8")
-    generate_from_run(run, text, max_new_tokens, Sampler(temperature, top_k, top_p), seed, device, chunk, sys.stdout)
-    print()
+    text = prompt if prompt_file is None else read_prompt_file(prompt_file)
+    written = generate_from_run(run, text, max_new_tokens, Sampler(temperature, top_k, top_p), seed, device, chunk,
+                                sys.stdout)
+    if written and not written.endswith("\n"):
+        print()
 
 
 def lm_eval(run: str, tasks: list[str], include_path: str | None = None, limit: float | None = None,
             batch_size: int = 8, output: str | None = None, device: str = "auto", chunk: int = 1024,
-            eot: str = "\n") -> None:
+            eot: str = "\n", force: bool = False) -> None:
     """Run lm-evaluation-harness tasks on a run or checkpoint, every document in one stateful pass (no windows).
 
     Prints the harness's table. Documents are scored whole, at any length, with the chunked recurrence.
@@ -201,11 +228,13 @@ def lm_eval(run: str, tasks: list[str], include_path: str | None = None, limit: 
         device: auto, cpu, cuda or cuda:N.
         chunk: Tokens per forward call.
         eot: End-of-text token: the context of a document's first token (default a newline; one token).
+        force: Overwrite an existing output file that longssm did not write.
     """
-    from .lm_eval_adapter import LongSSMLM, evaluate_tasks, results_table
+    from .lm_eval_adapter import LongSSMLM, check_limit, evaluate_tasks, results_table
 
+    check_limit(limit)  # before the model is loaded
     results = evaluate_tasks(LongSSMLM(run, device=device, batch_size=batch_size, chunk=chunk, eot=eot), tasks,
-                             include_path, limit, output)
+                             include_path, limit, output, force)
     print(results_table(results))
     if output:
         print(f"wrote {output}", file=sys.stderr)
@@ -294,9 +323,12 @@ def _summary(function: Any) -> str:
 
 def build_config(cls: type, parsed: Parsed) -> Any:
     """The command's config: ``--config`` (if given), then the config options in the order typed; checked, with
-    the names only a registry knows (``model.family``, ``--metrics``) checked too, before any work starts."""
+    the names only a registry knows (``model.family``, ``--metrics``) checked too, before any work starts. A
+    ``train --resume`` starts from the run's saved config instead of the defaults."""
     if cls is RunConfig:
         cfg = load_config(parsed.config_file, parsed.config)
+        if parsed.params.get("resume") is not None:
+            cfg = resumed_config(cfg, parsed)
         from .models.registry import get_family
 
         get_family(cfg.model.family)
@@ -307,6 +339,27 @@ def build_config(cls: type, parsed: Parsed) -> Any:
 
     cfg.metrics = normalise_metrics(cfg.metrics)
     return cfg
+
+
+def resumed_config(cfg: RunConfig, parsed: Parsed) -> RunConfig:
+    """The config of ``train --resume``: the saved config of the run (``train.resume.saved_config``) with the
+    ``--config`` file and the typed keys on top; ``cfg`` (defaults, file, keys) when the run directory holds none."""
+    from .train.resume import saved_config
+
+    run_dir = Path(parsed.params.get("run_dir") or Path("runs") / cfg.name)
+    saved = saved_config(run_dir, parsed.params["resume"])
+    if saved is None:
+        return cfg
+    data = read_config_file(parsed.config_file) if parsed.config_file is not None else {}
+    return from_dict(RunConfig, apply_overrides(apply_overrides(to_dict(saved), data), parsed.config))
+
+
+def given_keys(parsed: Parsed) -> list[str]:
+    """The dotted config keys the user set: in the ``--config`` file and on the command line."""
+    from .train.resume import flat_config
+
+    data = read_config_file(parsed.config_file) if parsed.config_file is not None else {}
+    return sorted({*flat_config(data), *parsed.config})
 
 
 def run_command(name: str, args: list[str]) -> None:
@@ -320,9 +373,15 @@ def run_command(name: str, args: list[str]) -> None:
     if command.config is not None:
         cfg = build_config(command.config, parsed)
         if parsed.print_config:
+            if command.config is RunConfig:  # as the run's config.yaml will hold it, checked as far as no data is read
+                from .train.setup import check_config
+
+                cfg = check_config(cfg)
             print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
             return
         kwargs["cfg"] = cfg
+        if name == "train":
+            kwargs["given"] = given_keys(parsed)
     if command.overrides:
         kwargs["overrides"] = parsed.config
     command.function(**kwargs)
@@ -336,33 +395,88 @@ def overview() -> str:
     return "\n".join(lines)
 
 
+MEMORY_SETTINGS = ("model.family", "model.d_model", "model.n_layers", "model.d_state", "model.expand",
+                   "train.batch_size", "train.tokens_per_step", "train.seq_len", "train.grad_accum", "chunk",
+                   "batch_size", "max_length", "target_length", "max_new_tokens")
+"""Config keys and options that size what a command allocates, named by an out-of-memory error."""
+
+
+def _memory_settings(name: str, args: list[str]) -> str:
+    """`` (model.d_model=4096, train.batch_size=512, ...)``: the values of ``MEMORY_SETTINGS`` that command ``name``
+    ran with (its config resolved again from ``args``, flags spelled as typed), or "" when they cannot be read."""
+    try:
+        parsed = option_table(name).parse(args)
+        command = COMMANDS[name]
+        values = dict(parsed.params)
+        if command.config is not None:
+            cfg = to_dict(build_config(command.config, parsed))
+            values |= {f"{section}.{key}": v for section, keys in cfg.items() if isinstance(keys, dict)
+                       for key, v in keys.items()} | cfg
+    except Exception:  # the error being reported matters more than its context
+        return ""
+    shown = [f"{key if '.' in key else option_table(name).flag_of(key)}={values[key]}" for key in MEMORY_SETTINGS
+             if values.get(key) is not None]
+    return f" ({', '.join(shown)})" if shown else ""
+
+
+def _stdout_closed() -> int:
+    """The exit code of a command whose stdout was closed by its reader (``| head``): 141, as a Unix tool killed by
+    SIGPIPE, with stdout pointed at /dev/null so that the interpreter's flush at exit has nowhere to fail."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
+
+
+def _print(text: str, code: int) -> int:
+    """Print ``text`` to stdout now; ``code``, or ``_stdout_closed()``'s when nobody reads it."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        return _stdout_closed()
+    return code
+
+
+def _error(name: str, text: str) -> None:
+    """The one error line of a failed command, printed by rank 0 only under torchrun (every process checks the same
+    inputs and fails the same way; one line, not one per process glued together)."""
+    if _is_main_process():
+        print(f"longssm {name}: error: {text}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(overview())
-        return 0 if argv else 2
+        return _print(overview(), 0 if argv else 2)
     if argv[0] == "--version":
         from importlib.metadata import version
 
-        print(f"longssm {version('longssm')}")
-        return 0
+        return _print(f"longssm {version('longssm')}", 0)
     name = argv[0]
     if name not in COMMANDS:
         print(f"longssm: error: unknown command {name!r} (commands: {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
     try:
         run_command(name, argv[1:])
+        sys.stdout.flush()  # a closed pipe fails here, not in the interpreter's flush at exit
     except ConfigError as e:  # the key spelled as the flag that sets it
-        print(f"longssm {name}: error: {e.render(option_table(name).flag_of)}", file=sys.stderr)
+        _error(name, f"{e.render(option_table(name).flag_of)}")
         return 2
     except UserError as e:
-        print(f"longssm {name}: error: {e}", file=sys.stderr)
+        _error(name, f"{e}")
         return 2
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
-        print(f"longssm {name}: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # the machine, not the input: a full disk, ...
-        print(f"longssm {name}: error: {e}", file=sys.stderr)
+    except BrokenPipeError:  # the reader of stdout went away (`longssm generate ... | head`): stop quietly
+        return _stdout_closed()
+    except OSError as e:  # the user's path (exit 2) or the machine (a full disk, ...: exit 1), in plain words
+        line, code = os_error_line(e)
+        _error(name, f"{line}")
+        return code
+    except OutOfMemory as e:
+        _error(name, f"{e}")
+        return 1
+    except (RuntimeError, MemoryError) as e:  # an allocation that no code below caught with its config
+        tried = allocation_failure(e)
+        if tried is None:
+            raise
+        _error(name, f"out of memory{_memory_settings(name, argv[1:])}: {tried}")
         return 1
     except KeyboardInterrupt as e:  # train's (``Stopped``) carries where it saved the step in flight
         signum = getattr(e, "signum", signal.SIGINT)

@@ -124,6 +124,11 @@ def docstring_args(function: Callable) -> tuple[str, dict[str, str]]:
     return head.strip(), described
 
 
+INJECTED = ("cfg", "overrides", "given")
+"""Parameters the command line fills itself, not options: the built config, the typed config keys (a dotted dict),
+the names of the config keys the user set."""
+
+
 class OptionTable:
     """The options and positional arguments of subcommand ``name``: parsing (:meth:`parse`), the flag of a key
     (:meth:`flag_of`) and the help text (:meth:`help`)."""
@@ -168,7 +173,7 @@ class OptionTable:
         renamed = dict(self.spec.flags)
         hints = typing.get_type_hints(self.spec.function)
         for name, parameter in inspect.signature(self.spec.function).parameters.items():
-            if name in ("cfg", "overrides"):
+            if name in INJECTED:
                 continue
             tp = hints[name]
             required = parameter.default is inspect.Parameter.empty

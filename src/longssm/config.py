@@ -27,6 +27,7 @@ import difflib
 import functools
 import inspect
 import itertools
+import math
 import re
 import textwrap
 import typing
@@ -37,38 +38,54 @@ from typing import Any, Literal
 import yaml
 
 from .errors import UNKNOWN_KEY, ConfigError, UserError, first_line
-from .paths import resolve_config_file
+from .paths import MAX_NAME_BYTES, is_plain_name, resolve_config_file
 
 SCHEMES = ("zero", "previous", "random_noise", "fitted_noise", "state_passing")
 DEFAULT_LENGTHS = tuple(16 * 2**i for i in range(12))
 """Evaluation lengths 16, 32, ..., 32768 (LongSSM's grid)."""
+SEED_MAX = 2**32 - 1
+"""Largest seed: every seed is in [0, 2^32 - 1] (numpy's generators take no negative seed, torch's none >= 2^64)."""
+FINITE = "a finite number"
+"""``ConfigError.expected`` of a float given as inf or nan (``1e400`` reads as inf)."""
+PLAIN_NAME = "a plain name (no path separators, not empty)"
+"""``ConfigError.expected`` of a ``name`` that is not a plain name (``paths.is_plain_name``)."""
 
 
 def spec(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, ge: float | None = None,
-         gt: float | None = None, le: float | None = None) -> Any:
-    """A dataclass field with an optional range: ``ge`` (>=), ``gt`` (>) and ``le`` (<=) bounds, checked on
-    construction and shown in ``--help``. ``None`` values of optional fields are not range-checked."""
-    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le)) if v is not None}
+         gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
+    """A dataclass field with an optional range: ``ge`` (>=), ``gt`` (>), ``le`` (<=) and ``lt`` (<) bounds, checked
+    on construction and shown in ``--help``. ``None`` values of optional fields are not range-checked."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
     return field(default=default, default_factory=factory, metadata={"bounds": bounds})
 
 
 def range_text(bounds: dict[str, float]) -> str:
-    """``{"ge": 1}`` -> ``">= 1"``; ``{"ge": 0, "le": 1}`` -> ``"in [0, 1]"``."""
-    if set(bounds) == {"ge", "le"}:
-        return f"in [{bounds['ge']:g}, {bounds['le']:g}]"
-    ops = {"ge": ">=", "gt": ">", "le": "<="}
-    return " and ".join(f"{ops[k]} {v:g}" for k, v in bounds.items())
+    """``{"ge": 1}`` -> ``">= 1"``; ``{"ge": 0, "le": 1}`` -> ``"in [0, 1]"``; ``{"ge": 0, "lt": 1}`` ->
+    ``"in [0, 1)"`` (an interval whenever there is a lower and an upper bound)."""
+    low = next(((k, v) for k, v in bounds.items() if k in ("ge", "gt")), None)
+    high = next(((k, v) for k, v in bounds.items() if k in ("le", "lt")), None)
+    if low and high and len(bounds) == 2:
+        return (f"in {'[' if low[0] == 'ge' else '('}{_bound_text(low[1])}, {_bound_text(high[1])}"
+                f"{']' if high[0] == 'le' else ')'}")
+    ops = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    return " and ".join(f"{ops[k]} {_bound_text(v)}" for k, v in bounds.items())
+
+
+def _bound_text(value: float) -> str:
+    """A bound as typed: ``1``, ``0.5``, ``4294967295`` (an integer in full, not ``4.29497e+09``)."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 2**53 else f"{value:g}"
 
 
 def in_bounds(value: float, bounds: dict[str, float]) -> bool:
     """``value`` satisfies every bound of ``bounds`` (NaN satisfies none)."""
     return (("ge" not in bounds or value >= bounds["ge"]) and ("gt" not in bounds or value > bounds["gt"])
-            and ("le" not in bounds or value <= bounds["le"]))
+            and ("le" not in bounds or value <= bounds["le"]) and ("lt" not in bounds or value < bounds["lt"]))
 
 
 @dataclass
 class Checked:
-    """Mixin: validates every field's range (from ``spec``) and ``Literal`` choices, then calls ``check()``.
+    """Mixin: validates every field's range (from ``spec``), that its floats are finite, and its ``Literal``
+    choices, then calls ``check()``.
 
     Subclasses set ``SECTION`` (the dotted prefix of their keys: ``"model"``, ``"train"``, ...) so that errors
     name the key as it is written in YAML, and override ``check()`` for constraints between fields.
@@ -92,6 +109,8 @@ class Checked:
                 raise ConfigError(self.key(f.name), choice_text(choices), value)
             is_list = isinstance(value, (list, tuple))
             for v in value if is_list else [value]:
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise ConfigError(self.key(f.name), FINITE, value, every=is_list)
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and not in_bounds(v, bounds):
                     raise ConfigError(self.key(f.name), range_text(bounds), value, every=is_list)
         self.check()
@@ -221,8 +240,14 @@ class DataConfig(Checked):
     """Validation text used by periodic validation and evaluation."""
     tokenizer: str = "byte"
     """byte (vocab 256), gpt2 (shipped GPT-2 BPE) or a path to a Hugging Face tokenizer.json."""
-    cache_dir: str = ".cache/longssm"
-    """Where token-id memmaps are cached (keyed by a hash of the text file and the tokenizer)."""
+    cache_dir: str | None = None
+    """Where token-id memmaps are cached (keyed by a hash of the text file and the tokenizer); null = the user's
+    cache directory: $LONGSSM_CACHE_DIR, else $XDG_CACHE_HOME/longssm, else ~/.cache/longssm
+    (``paths.user_cache_dir``)."""
+
+    def check(self) -> None:
+        if self.cache_dir is not None and not self.cache_dir.strip():
+            raise ConfigError("data.cache_dir", "a directory or null (the user's cache directory)", self.cache_dir)
 
 
 @dataclass
@@ -247,9 +272,9 @@ class TrainConfig(Checked):
     """Linear warmup steps."""
     weight_decay: float = spec(0.1, ge=0)
     """AdamW weight decay (not applied to norms, biases, A_log, D, embeddings)."""
-    beta1: float = spec(0.9, ge=0, le=1)
+    beta1: float = spec(0.9, ge=0, lt=1)
     """AdamW β1."""
-    beta2: float = spec(0.95, ge=0, le=1)
+    beta2: float = spec(0.95, ge=0, lt=1)
     """AdamW β2."""
     grad_clip: float = spec(1.0, ge=0)
     """Clip the global gradient norm to this value (0 = off)."""
@@ -257,7 +282,7 @@ class TrainConfig(Checked):
     """Micro-batches per step: each process's streams run in this many groups, each from its own carried states."""
     world_size: int = spec(1, ge=1)
     """Processes training the run: recorded by train from torchrun's WORLD_SIZE (a value given here is replaced)."""
-    seed: int = 0
+    seed: int = spec(0, ge=0, le=SEED_MAX)
     """Seed of weights, noise and every random choice."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
@@ -304,11 +329,19 @@ class RunConfig(Checked):
     """A training run: saved resolved as <run>/config.yaml."""
 
     name: str = "run"
-    """Run name (the run directory defaults to runs/<name>)."""
+    """Run name (the run directory defaults to runs/<name>): a plain name, no path separators, not empty."""
     model: ModelConfig = field(default_factory=ModelConfig)
     state: StateConfig = field(default_factory=StateConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def check(self) -> None:
+        size = len(self.name.encode("utf-8", "surrogateescape"))
+        if size > MAX_NAME_BYTES:
+            raise ConfigError("name", f"a plain name of at most {MAX_NAME_BYTES} bytes (a file name)", self.name,
+                              got=f"{size} bytes")
+        if not is_plain_name(self.name):
+            raise ConfigError("name", PLAIN_NAME, self.name)
 
 
 @dataclass
@@ -332,7 +365,7 @@ class EvalConfig(Checked):
     """Initial state of each evaluation sequence: zero, or the previous sequence's final state."""
     order: Literal["consecutive", "shuffled"] = "consecutive"
     """Sequence order within the carried-state streams (with state previous)."""
-    seed: int = 0
+    seed: int = spec(0, ge=0, le=SEED_MAX)
     """Seed of the shuffled order and the passkeys."""
     position_length: int | None = spec(None, ge=1)
     """L of position_ppl and state_stats; null = the longest length."""
@@ -377,6 +410,8 @@ BOOL_TEXTS = {"true": True, "yes": True, "on": True, "false": False, "no": False
 """Text of a boolean (YAML 1.1's spellings, any case)."""
 _INT_TEXT = re.compile(r"[-+]?\d+")
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_NON_FINITE_TEXT = re.compile(r"[-+]?\.?(inf|infinity|nan)", re.IGNORECASE)
+"""inf, -Infinity, nan, YAML's .inf / .nan: read as the float, then refused as not finite."""
 _SCALAR_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
@@ -414,7 +449,7 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     ``bool`` (true/false, or the text true/false/yes/no/on/off), ``str`` (a string, as given), ``Literal`` (one of
     its choices), ``list[int | float | str]`` (a list, comma-separated text ``16,64``, or YAML text ``[16, 64]``)
     and ``X | None`` (also ``None`` or the text ``null``). Anything else raises ``ConfigError(key, type_text(tp),
-    value)``.
+    value)``; a float that is not finite (``inf``, ``nan``, ``1e400``) ``ConfigError(key, FINITE, value)``.
     """
     if is_optional(tp):
         if value is None or (isinstance(value, str) and value.strip() in NULL_TEXTS):
@@ -422,6 +457,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         try:
             return coerce(value, strip_optional(tp), key)
         except ConfigError as e:
+            if e.expected == FINITE:
+                raise
             raise ConfigError(key, type_text(tp), value, every=e.every) from None
     if literal_choices(tp):
         if isinstance(value, str) and value.strip() in literal_choices(tp):
@@ -433,8 +470,9 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             if items is None:
                 raise ConfigError(key, type_text(tp), value)
             return [_scalar(item, typing.get_args(tp)[0], key) for item in items]
-        except ConfigError:
-            raise ConfigError(key, type_text(tp), value) from None
+        except ConfigError as e:
+            raise ConfigError(key, FINITE if e.expected == FINITE else type_text(tp), value,
+                              every=e.expected == FINITE) from None
     return _scalar(value, tp, key)
 
 
@@ -468,16 +506,32 @@ def _scalar(value: Any, tp: Any, key: str) -> Any:
         if text is not None and _INT_TEXT.fullmatch(text):
             return int(text)
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if text is not None and _FLOAT_TEXT.fullmatch(text):
-            return float(text)
+        number = _read_float(value, text)
+        if number is not None and not math.isfinite(number):
+            raise ConfigError(key, FINITE, number)
+        if number is not None:
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
     else:
         raise TypeError(f"config key {key}: unsupported field type {tp!r}")
     raise ConfigError(key, type_text(tp), value)
+
+
+def _read_float(value: Any, text: str | None) -> float | None:
+    """A number (an integer included) or its text (``1e-3``, ``inf``, YAML's ``.inf``) as a float, None for anything
+    else; an integer too large for a float (YAML ``lr: 1000...0``) is inf, as its text would be."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf if value > 0 else -math.inf
+    if text is not None and _FLOAT_TEXT.fullmatch(text):
+        return float(text)
+    if text is not None and _NON_FINITE_TEXT.fullmatch(text):
+        return float(text.replace(".", ""))  # YAML's .inf is Python's inf
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -586,8 +640,17 @@ def _build(cls: type, data: dict[str, Any], prefix: str, root: type) -> Any:
 
 def read_config_file(name: str | Path) -> dict[str, Any]:
     """The mapping in the YAML config ``name`` (a path or a shipped config's name, see
-    ``paths.resolve_config_file``); one-line ``UserError`` for invalid YAML or another top-level value."""
-    path = resolve_config_file(name)
+    ``paths.resolve_config_file``); one-line ``UserError`` for a path that is not a file (a directory, a device),
+    invalid YAML or another top-level value."""
+    given = Path(name).expanduser()
+    try:
+        path = resolve_config_file(name)
+    except UserError:
+        if given.is_dir():
+            raise UserError(f"config file {name} is a directory, not a YAML file") from None
+        if given.exists():
+            raise UserError(f"config file {name} is not a regular file (give a YAML file)") from None
+        raise
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:

@@ -24,6 +24,7 @@ from .files import atomic_dir
 from .models import build_model
 from .models.hf_adapters import hf_adapter
 from .models.lm import HEAD
+from .outputs import check_new_directory
 from .paths import resolve_path
 from .pretrained import HF_ARCHITECTURES, HF_FIELDS, HF_FIXED, read_pretrained
 
@@ -33,8 +34,9 @@ def import_checkpoint(path: str | Path, out: str | Path, tokenizer: str | None =
 
     The tokenizer is ``tokenizer`` when given (byte, gpt2 or a tokenizer.json path), else the directory's
     ``tokenizer.json``; a tokenizer file is copied into the run (see ``save_run``). ``out`` is written atomically
-    (nothing on error).
+    (nothing on error); it must not exist nor lie inside a checkpoint or a run's files (``outputs.py``).
     """
+    check_new_directory(out, "--out")
     pretrained = read_pretrained(path)
     spec = tokenizer or pretrained.tokenizer
     if spec is None:
@@ -71,7 +73,9 @@ def hf_config(model: ModelConfig) -> dict[str, Any]:
 def export_hf(run: str | Path, out: str | Path) -> Path:
     """Write the run (or checkpoint) ``run`` as a Hugging Face directory ``out`` (atomically): ``config.json``,
     ``model.safetensors`` (the tied head left out, as ``save_pretrained`` does) and the run's ``tokenizer.json``
-    when it has one (byte-level runs have none)."""
+    when it has one (byte-level runs have none). ``out`` must not exist nor lie inside a checkpoint or a run's files
+    (``outputs.py``)."""
+    check_new_directory(out, "--out")
     model, cfg, _ = load_model(run)
     config = hf_config(cfg.model)
     weights = hf_adapter(cfg.model.family).to_hf(model.state_dict())

@@ -10,6 +10,7 @@ Glossary: b batch rows, l tokens, c ≤ chunk tokens of one forward call, V voca
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import TextIO
 import torch
 from torch import Tensor, nn
 
+from .config import SEED_MAX
 from .data.tokenizer import Tokenizer
 from .errors import UserError
 from .models.base import State
@@ -50,11 +52,11 @@ class Sampler:
     """Keep the smallest set of most likely tokens whose probability reaches p (None: all)."""
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise UserError(f"--temperature must be ≥ 0 (0 = greedy); got {self.temperature}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise UserError(f"--temperature must be a finite number ≥ 0 (0 = greedy); got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise UserError(f"--top-k must be a positive integer; got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
+        if self.top_p is not None and not 0 < self.top_p <= 1:  # NaN fails too
             raise UserError(f"--top-p must be in (0, 1]; got {self.top_p}")
 
     def __call__(self, logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -149,10 +151,26 @@ def generate_text(
 def generate_from_run(run: str | Path, prompt: str, max_new_tokens: int, sampler: Sampler, seed: int = 0,
                       device: str = "auto", chunk: int = 1024, out: TextIO | None = None) -> str:
     """``generate_text`` for a run or checkpoint directory and a prompt text; the draws come from a generator
-    seeded with ``seed``, so the same seed gives the same text."""
+    seeded with ``seed`` (in [0, ``config.SEED_MAX``]), so the same seed gives the same text."""
+    if not 0 <= seed <= SEED_MAX:
+        raise UserError(f"--seed must be in [0, {SEED_MAX}]; got {seed}")
     model, tokenizer = load_for_generation(run, device)
     generator = torch.Generator(next(model.parameters()).device).manual_seed(seed)
     return generate_text(model, tokenizer, tokenizer.encode(prompt), max_new_tokens, sampler, generator, chunk, out=out)
+
+
+def read_prompt_file(path: str | Path) -> str:
+    """The text of the prompt file ``path``; one-line ``UserError`` naming it when it is missing, a directory or
+    not UTF-8 text."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--prompt-file {path} is a directory, not a text file")
+    if not path.exists():
+        raise UserError(f"--prompt-file {path} not found")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"--prompt-file {path} is not UTF-8 text (byte {e.start} cannot be decoded)") from None
 
 
 def load_for_generation(run: str | Path, device: str = "auto") -> tuple[nn.Module, Tokenizer]:

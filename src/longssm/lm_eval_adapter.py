@@ -28,6 +28,7 @@ task's ``until`` strings stop generation.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from tqdm import tqdm
 from .data.tokenizer import Tokenizer
 from .errors import UserError
 from .generate import Sampler, generate_text, load_for_generation
+from .outputs import check_file, write_texts
 from .runtime.feed import feed
 
 try:
@@ -163,14 +165,25 @@ class LongSSMLM(TemplateLM):
         return out
 
 
+def check_limit(limit: float | None) -> None:
+    """``UserError`` unless ``limit`` (examples per task: a count, or below 1 a fraction of each task) is None or
+    a finite number > 0."""
+    if limit is not None and not (math.isfinite(limit) and limit > 0):
+        raise UserError(f"--limit must be > 0 (a count, or a fraction below 1); got {limit:g}")
+
+
 def evaluate_tasks(lm: LongSSMLM, tasks: list[str], include_path: str | None = None, limit: float | None = None,
-                   output: str | None = None) -> dict:
+                   output: str | None = None, force: bool = False) -> dict:
     """Run the harness's tasks (names or task YAML paths) on ``lm`` with ``lm_eval.simple_evaluate``; with
-    ``output``, write the results JSON.
+    ``output``, write the results JSON (checked first, by the rules of ``outputs.py``; ``force``: overwrite a file
+    longssm did not write).
 
     When every task is a YAML path or a task of ``include_path`` (a folder of task YAMLs), the harness's ~15,000
     built-in tasks are not indexed (that takes about 10 s); otherwise they are indexed too.
     """
+    check_limit(limit)
+    if output:
+        check_file(output, "--output", force)
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable
@@ -183,8 +196,8 @@ def evaluate_tasks(lm: LongSSMLM, tasks: list[str], include_path: str | None = N
         raise UserError(f"unknown lm-eval task(s): {', '.join(unknown)} (see `lm-eval ls tasks`, or --include-path)")
     results = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=False)
     if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False))
+        write_texts({Path(output): json.dumps(results, indent=2, default=handle_non_serializable,
+                                              ensure_ascii=False)}, "--output", force)
     return results
 
 

@@ -1,20 +1,28 @@
-"""Where shipped files live: data, tokenizer and configs are package data, found with ``importlib.resources``.
+"""Where files live: the shipped data, tokenizer and configs (package data, found with ``importlib.resources``), the
+user's cache directory, and what a plain name is.
 
 ``builtin:<rel>`` names a file under the package's ``assets/`` folder (``builtin:wikitext-103/wiki.valid.tokens``),
 so it resolves the same from a source checkout, an editable install or a wheel, from any working directory. A
 config is named by a path or by the name of a config shipped in the package's ``configs/`` folder (``mamba_tiny``).
+Caches (token-id memmaps, the evaluation cache of a checkpoint outside a run) go to ``user_cache_dir()``, never to
+the working directory.
 
 This module is a leaf: it imports only ``errors``, so that ``config`` and ``data`` can both use it.
 """
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 
 from .errors import UserError
 
 BUILTIN_PREFIX = "builtin:"
+CACHE_DIR_ENV = "LONGSSM_CACHE_DIR"
+"""The environment variable that names longssm's cache directory (``user_cache_dir``)."""
+MAX_NAME_BYTES = 255
+"""The longest file name (in UTF-8 bytes) that common file systems take."""
 
 
 def assets_root() -> Path:
@@ -54,3 +62,28 @@ def resolve_path(spec: str | Path) -> Path:
             raise UserError(f"no shipped data file {spec!r} (shipped: {', '.join(shipped)})")
         return path
     return Path(spec).expanduser()
+
+
+def user_cache_dir() -> Path:
+    """longssm's cache directory: ``$LONGSSM_CACHE_DIR``, else ``$XDG_CACHE_HOME/longssm``, else
+    ``~/.cache/longssm`` (read at every call; an empty variable counts as unset, and a relative ``XDG_CACHE_HOME``
+    is ignored, as the XDG Base Directory specification says)."""
+    explicit = os.environ.get(CACHE_DIR_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "longssm"
+    return Path.home() / ".cache" / "longssm"
+
+
+def cache_path(cache_dir: str | Path | None) -> Path:
+    """A configured cache directory (``data.cache_dir``; ``~`` expanded), or ``user_cache_dir()`` for None."""
+    return user_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
+
+
+def is_plain_name(name: str) -> bool:
+    """``name`` can be one file name inside a directory and nothing else: not empty, not ``.`` or ``..``, no ``/``
+    or ``\\``, no NUL or other control character, at most ``MAX_NAME_BYTES`` bytes of UTF-8."""
+    return (name not in ("", ".", "..") and not any(c in "/\\" or ord(c) < 32 or ord(c) == 127 for c in name)
+            and len(name.encode("utf-8", "surrogateescape")) <= MAX_NAME_BYTES)

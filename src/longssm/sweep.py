@@ -264,7 +264,7 @@ def evaluate_cell(directory: Path, eval_cfg: EvalConfig, progress: bool) -> None
         return
     result = evaluate_run(directory, eval_cfg, progress=progress)
     result["sweep_eval"] = settings
-    write_outputs(result, previous)
+    write_outputs(result, previous, force=True)  # the cell directory is the sweep's own
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..files import atomic_file, sha256_file, write_text_atomic
-from ..paths import resolve_path
+from ..paths import cache_path, resolve_path
 from .tokenizer import Tokenizer
 
 HEADING = re.compile(r"^ = [^=].* = $")
@@ -54,20 +55,33 @@ def split_documents(text: str) -> list[str]:
     return docs
 
 
+def special_file_kind(path: Path) -> str:
+    """What a path that exists but is neither a regular file nor a directory is: "a character device" (``/dev/null``),
+    "a named pipe", ..."""
+    mode = path.stat().st_mode
+    kinds = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
 def _atomic_save(path: Path, array: np.ndarray) -> None:
     with atomic_file(path, "wb") as f:
         np.save(f, array)
 
 
 def load_corpus(
-    spec: str, tokenizer: Tokenizer, cache_dir: str | Path = ".cache/longssm", progress: bool = True
+    spec: str, tokenizer: Tokenizer, cache_dir: str | Path | None = None, progress: bool = True
 ) -> Corpus:
-    """Tokenize ``spec`` (a text file, or a ``.npy`` token file) once; later calls read the cached memmap."""
+    """Tokenize ``spec`` (a text file, or a ``.npy`` token file) once; later calls read the memmap cached in
+    ``cache_dir`` (None: the user's cache directory, ``paths.user_cache_dir``)."""
     path = resolve_path(spec)
     if path.is_dir():
         raise UserError(f"data file {spec} is a directory, not a file")
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"data file not found: {spec}")
+    if not path.is_file():
+        raise UserError(f"data file {spec} is {special_file_kind(path)}, not a regular file (give a text file or a "
+                        f".npy token file)")
     if path.stat().st_size == 0:
         raise UserError(f"data file is empty: {spec}")
     if path.suffix == ".npy":
@@ -85,7 +99,7 @@ def load_corpus(
         return Corpus(tokens, np.zeros(1, dtype=np.int64), str(path), sha256_file(path)[:16] + "-npy")
 
     digest = hashlib.sha256((sha256_file(path) + tokenizer.identity).encode()).hexdigest()[:20]
-    cache = Path(cache_dir)
+    cache = cache_path(cache_dir)
     tok_file, doc_file = cache / f"{digest}.tokens.npy", cache / f"{digest}.docs.npy"
     if tok_file.is_file() and doc_file.is_file():
         return Corpus(np.load(tok_file, mmap_mode="r"), np.load(doc_file), str(path), digest)

@@ -1,4 +1,5 @@
-"""Plots a person reads: log2 x axis, the training length marked, one line per run (name, family, scheme).
+"""Plots a person reads: log2 x axis, the training length marked, one line per run (name, family, scheme; runs
+whose labels collide are told apart by their directory: ``report.with_unique_labels``).
 
 Every ``plot_*`` takes eval result dicts (``longssm eval --json`` files), writes the figure (any format matplotlib
 writes, chosen by the file name: ``.png``, ``.pdf``, ``.svg``, ...) and the plotted numbers beside it (``.csv``; the
@@ -14,6 +15,7 @@ import csv
 import itertools
 import json
 import math
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from ..errors import UserError
-from .report import Result, length_extension_verdict, run_label, sweep_grid
+from .report import Result, length_extension_verdict, run_label, sweep_grid, with_unique_labels
 
 DPI = 120
 COLOURS = [f"C{i}" for i in range(10)]
@@ -44,8 +46,9 @@ def check_plot_path(out: str | Path) -> Path:
 
 
 def _runs_with(metric: str, results: list[Result], out: str | Path) -> tuple[list[Result], Path]:
-    """The results that hold ``metric``, and the checked figure path."""
-    return [r for r in results if r.get(metric)], check_plot_path(out)
+    """The results that hold ``metric`` (labelled: ``with_unique_labels`` of all ``results``), and the checked
+    figure path."""
+    return [r for r in with_unique_labels(results) if r.get(metric)], check_plot_path(out)
 
 
 def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1) -> tuple[Figure, np.ndarray]:
@@ -128,17 +131,35 @@ def _annotated_grid(fig: Figure, ax: Axes, grid: list[list[float]], columns: lis
     fig.colorbar(image, ax=ax, fraction=0.046)
 
 
+def finite_points(curve: dict[str, float]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """A ``ppl_vs_length`` curve ({"16": ppl, ...}) as (length, ppl) points sorted by length: (the finite ones, the
+    others: inf, nan)."""
+    points = sorted((int(k), float(v)) for k, v in curve.items())
+    return [p for p in points if math.isfinite(p[1])], [p for p in points if not math.isfinite(p[1])]
+
+
 def plot_ppl_vs_length(results: list[Result], out: str | Path, title: str | None = None) -> Path:
-    """Perplexity vs evaluation length, one line per result, labelled with its length-extension verdict."""
+    """Perplexity vs evaluation length, one line per result, labelled with its length-extension verdict.
+
+    Perplexities that are not finite (a diverged model: inf, nan) are left out, with one warning line on stderr
+    naming them; a result with no finite perplexity is a ``UserError``."""
     runs, out = _runs_with("ppl_vs_length", results, out)
+    curves = {run_label(r): finite_points(r["ppl_vs_length"]) for r in runs}
+    empty = [label for label, (finite, _) in curves.items() if not finite]
+    if empty:
+        raise UserError(f"no finite perplexity to plot for {', '.join(empty)} (every ppl_vs_length value is inf or "
+                        f"nan)")
+    left_out = {label: others for label, (_, others) in curves.items() if others}
+    if left_out:
+        print("warning: perplexities that are not finite are not plotted: " + "; ".join(
+            f"{label} at " + ", ".join(f"L={x} ({y})" for x, y in others) for label, others in left_out.items()),
+            file=sys.stderr)
     fig, axes = _figure(9.5 if len(runs) > 8 else 7, 4.5)
     ax, rows = axes[0, 0], []
     for res, style in zip(runs, line_styles(runs)):
-        curve = res["ppl_vs_length"]
-        xs = sorted(int(k) for k in curve)
-        ys = [curve[str(x)] for x in xs]
         label = run_label(res)
-        verdict = length_extension_verdict(curve, res.get("train_seq_len"))["verdict"]
+        xs, ys = [x for x, _ in curves[label][0]], [y for _, y in curves[label][0]]
+        verdict = length_extension_verdict(res["ppl_vs_length"], res.get("train_seq_len"))["verdict"]
         ax.plot(xs, ys, marker="o", markersize=3.5, label=f"{label}: {verdict}" if verdict != "n/a" else label,
                 **style)
         rows += [(label, x, y) for x, y in zip(xs, ys)]
@@ -297,7 +318,7 @@ PLOTTERS = {
 
 def plot_all(results: list[Result], out_dir: str | Path, heatmap: bool) -> list[Path]:
     """Every plot the results have data for, into ``out_dir``, and the sweep heatmap when ``heatmap``."""
-    out_dir = Path(out_dir)
+    out_dir, results = Path(out_dir), with_unique_labels(results)
     written = [plot(results, out_dir / f"{metric}.png") for metric, plot in PLOTTERS.items()
                if any(r.get(metric) for r in results)]
     with_ppl = [r for r in results if r.get("ppl_vs_length")]

@@ -1,6 +1,6 @@
 """Tables and verdicts from eval result dicts (``longssm eval --json`` files): length-extension verdicts, the
-(training T × evaluation L) loss grid of a sweep (LongSSM [1], Fig. 9), run labels and markdown reports.
-Pure Python: no torch, no matplotlib.
+(training T × evaluation L) loss grid of a sweep (LongSSM [1], Fig. 9), run labels (unique across the results
+shown together: ``with_unique_labels``) and markdown reports. Pure Python: no torch, no matplotlib.
 
 References
     [1] Wang et al., "LongSSM: On the Length Extension of State-space Models in Language Modelling", 2024,
@@ -16,9 +16,10 @@ length T (at least two of them are needed, else "n/a"):
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ def length_extension_verdict(ppl: dict[str, float], train_seq_len: int | None,
     points = sorted((int(k), float(v)) for k, v in ppl.items() if int(k) >= T)
     if len(points) < 2:
         return {"verdict": "n/a", "from": T, "lengths": [p[0] for p in points], "worst_ratio": None}
-    ratios = [b / a for (_, a), (_, b) in itertools.pairwise(points)]
+    ratios = [b / a if a > 0 else math.inf for (_, a), (_, b) in itertools.pairwise(points)]
     if all(r < 1.0 for r in ratios):
         verdict = "strong"
     elif all(r <= 1.0 + tol for r in ratios):
@@ -46,20 +47,69 @@ def length_extension_verdict(ppl: dict[str, float], train_seq_len: int | None,
 
 
 def run_label(result: Result) -> str:
-    """``"name (family, scheme)"``, leaving out parts the name already contains."""
-    name = result.get("name") or Path(str(result.get("run", "run"))).name
+    """The result's ``"label"`` when it has one (``with_unique_labels``), else ``"name (family, scheme)"``, leaving
+    out parts the name already contains."""
+    if result.get("label"):
+        return str(result["label"])
+    return _described(result.get("name") or directory_label(result), result)
+
+
+def _described(name: str, result: Result) -> str:
+    """``"name (family, scheme)"``, leaving out parts ``name`` already contains."""
     extra = ", ".join(str(x) for x in (result.get("family"), result.get("scheme")) if x and str(x) not in str(name))
     return f"{name} ({extra})" if extra else str(name)
+
+
+def directory_label(result: Result) -> str:
+    """The name of the run directory the result was evaluated from: ``runs/a`` and ``runs/a/final`` -> ``a``,
+    ``runs/a/checkpoints/step-00000004`` -> ``a/step-00000004``."""
+    path = Path(str(result.get("run") or "run")).absolute()
+    if path.name == "final":
+        return path.parent.name or path.name
+    if path.parent.name == "checkpoints":
+        return f"{path.parent.parent.name}/{path.name}"
+    return path.name or str(path)
+
+
+def file_label(source: str | Path) -> str:
+    """A result file as a label: its folder's name and its stem (``evals/a.json`` -> ``evals/a``)."""
+    path = Path(source).absolute()
+    return f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
+
+
+def with_unique_labels(results: Sequence[Result], sources: Sequence[str | Path | None] | None = None) -> list[Result]:
+    """Copies of ``results``, each with a ``"label"`` that no other of them has: ``run_label``; where labels
+    collide (two runs both named ``run``), the run's directory name in place of its name (``directory_label``),
+    then the result file's folder and stem (``file_label`` of ``sources[i]``, the file result ``i`` was read from,
+    when given), then a number (``#1``, ``#2``). Labels that are already unique are kept, so applying it again
+    changes nothing."""
+    sources = list(sources) if sources is not None else [None] * len(results)
+    labels = [run_label(r) for r in results]
+    renamers: list[Callable[[int], str | None]] = [
+        lambda i: _described(directory_label(results[i]), results[i]),
+        lambda i: _described(file_label(sources[i]), results[i]) if sources[i] is not None else None,
+    ]
+    for rename in renamers:
+        counts = collections.Counter(labels)
+        for i, label in enumerate(labels):
+            if counts[label] > 1:
+                labels[i] = rename(i) or label
+    counts, seen = collections.Counter(labels), collections.Counter()
+    for i, label in enumerate(labels):
+        if counts[label] > 1:
+            seen[label] += 1
+            labels[i] = f"{label} #{seen[label]}"
+    return [{**r, "label": label} for r, label in zip(results, labels)]
 
 
 def sweep_grid(results: list[Result]) -> dict[str, Any]:
     """Loss (log ppl) grid over (run, eval L), runs sorted by (family, scheme, training T).
 
     Returns ``{"rows": [{"label", "train_seq_len", "scheme", "family", "verdict"}], "lengths": [...],
-    "loss": [[loss or None, ...], ...]}``.
+    "loss": [[loss or None, ...], ...]}`` (None: no perplexity at that length, or one that is not finite).
     """
-    ordered = sorted(results, key=lambda r: (str(r.get("family")), str(r.get("scheme")),
-                                             int(r.get("train_seq_len") or 0), run_label(r)))
+    ordered = sorted(with_unique_labels(results), key=lambda r: (str(r.get("family")), str(r.get("scheme")),
+                                                                 int(r.get("train_seq_len") or 0), run_label(r)))
     lengths = sorted({int(k) for r in ordered for k in r.get("ppl_vs_length", {})})
     rows, grid = [], []
     for r in ordered:
@@ -71,13 +121,18 @@ def sweep_grid(results: list[Result]) -> dict[str, Any]:
             "family": r.get("family"),
             "verdict": length_extension_verdict(ppl, r.get("train_seq_len"))["verdict"],
         })
-        grid.append([math.log(ppl[str(x)]) if str(x) in ppl else None for x in lengths])
+        grid.append([_loss(ppl.get(str(x))) for x in lengths])
     return {"rows": rows, "lengths": lengths, "loss": grid}
+
+
+def _loss(ppl: float | None) -> float | None:
+    """log ppl, None where there is no perplexity or it is not a finite positive number."""
+    return math.log(ppl) if ppl is not None and math.isfinite(ppl) and ppl > 0 else None
 
 
 def markdown_table(results: list[Result]) -> str:
     """Perplexity table: rows = runs, columns = evaluation lengths, last column the length-extension verdict."""
-    results = [r for r in results if r.get("ppl_vs_length")]
+    results = [r for r in with_unique_labels(results) if r.get("ppl_vs_length")]
     lengths = sorted({int(k) for r in results for k in r["ppl_vs_length"]})
     lines = ["| run | " + " | ".join(str(x) for x in lengths) + " | verdict |",
              "|---|" + "---:|" * len(lengths) + "---|"]
@@ -126,6 +181,7 @@ run's label."""
 
 def markdown_report(results: list[Result]) -> str:
     """``markdown_table`` plus one section per further metric present: a bullet per run (and state key)."""
+    results = with_unique_labels(results)
     parts = [markdown_table(results)] if any(r.get("ppl_vs_length") for r in results) else []
     for metric, heading, lines in SECTIONS:
         if any(r.get(metric) for r in results):

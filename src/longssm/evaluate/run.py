@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,9 +38,10 @@ import torch
 from ..checkpoint import is_complete, load_model
 from ..config import DEFAULT_LENGTHS, EvalConfig, to_dict
 from ..data.corpus import load_corpus
-from ..data.tokenizer import load_tokenizer
+from ..data.tokenizer import load_tokenizer, vocabulary_mismatch
 from ..errors import UserError
-from ..files import write_text_atomic
+from ..outputs import check_directory, check_file, staged_outputs, write_texts
+from ..paths import user_cache_dir
 from ..runtime import distributed
 from ..runtime.device import resolve_device
 from .cache import EvalCache, model_hash
@@ -46,13 +49,29 @@ from .context import EvalContext
 from .perplexity import default_tokens_per_forward, eval_token_count
 from .plots import plot_all
 from .registry import get_metric, metric_names, normalise_metrics
-from .report import Result, length_extension_verdict, markdown_report, run_label
+from .report import Result, length_extension_verdict, markdown_report, run_label, with_unique_labels
 
 
 def default_cache_dir(run: str | Path) -> Path:
-    """``<run>/eval_cache`` (a checkpoint directory's cache sits beside it, not inside it)."""
+    """The evaluation cache of ``run`` when ``--cache-dir`` is not given: ``<run>/eval_cache`` for a run directory
+    or a checkpoint inside one (``final/``, ``checkpoints/step-*``); ``eval_cache`` in the user's cache directory
+    (``paths.user_cache_dir``) for a checkpoint directory outside a run or a run that cannot be written (read-only).
+    Never the working directory, unless that is the run. Entries are keyed by the model file's hash, so the
+    checkpoints sharing the user's cache cannot mix them up."""
     path = Path(run)
-    return (path.parent if is_complete(path) else path) / "eval_cache"
+    run_dir = _run_of_checkpoint(path) if is_complete(path) else path
+    if run_dir is not None:
+        cache = run_dir / "eval_cache"
+        if os.access(cache if cache.exists() else run_dir, os.W_OK):
+            return cache
+    return user_cache_dir() / "eval_cache"
+
+
+def _run_of_checkpoint(ckpt: Path) -> Path | None:
+    """The run directory holding checkpoint ``ckpt`` (``<run>/final``, ``<run>/checkpoints/step-*``: a directory
+    with the run's ``config.yaml``), else None."""
+    run_dir = ckpt.parent if ckpt.name == "final" else ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
+    return run_dir if run_dir is not None and (run_dir / "config.yaml").is_file() else None
 
 
 def default_lengths(n_tokens: int, max_tokens: int | None) -> list[int]:
@@ -77,9 +96,11 @@ def evaluate_run(run: str | Path, cfg: EvalConfig, progress: bool = True) -> Res
     progress = progress and shard.is_main
     model, run_cfg, ckpt = load_model(run, device=device)
     tokenizer = load_tokenizer(run_cfg.data.tokenizer)
-    if tokenizer.vocab_size > run_cfg.model.vocab_size:
-        raise UserError(f"checkpoint {ckpt} has a vocabulary of {run_cfg.model.vocab_size} but its tokenizer "
-                        f"{run_cfg.data.tokenizer!r} has {tokenizer.vocab_size} tokens: they do not match")
+    mismatch = vocabulary_mismatch(tokenizer, run_cfg.model.vocab_size)
+    if mismatch and tokenizer.vocab_size > run_cfg.model.vocab_size:
+        raise UserError(f"checkpoint {ckpt} has a vocabulary of {run_cfg.model.vocab_size} but {mismatch}")
+    if mismatch and shard.is_main:
+        print(f"warning: checkpoint {ckpt}: {mismatch} (data.tokenizer in its config.yaml)", file=sys.stderr)
     corpus = load_corpus(cfg.data or run_cfg.data.valid, tokenizer, run_cfg.data.cache_dir, progress=progress)
     if len(corpus.tokens) < 2:
         raise UserError(f"data file {corpus.source} holds {len(corpus.tokens)} token(s): nothing to evaluate")
@@ -117,17 +138,20 @@ def evaluate_run(run: str | Path, cfg: EvalConfig, progress: bool = True) -> Res
     return result
 
 
-def write_outputs(result: Result, json_path: str | Path | None, plots_dir: str | Path | None = None) -> str:
+def write_outputs(result: Result, json_path: str | Path | None, plots_dir: str | Path | None = None,
+                  force: bool = False) -> str:
     """Write ``json_path`` and a markdown report beside it (``.md``), and the plots into ``plots_dir`` (their paths
-    are added to ``result["plots"]``). Returns the markdown report. Several processes: call it in rank 0 only."""
+    are added to ``result["plots"]``), by the rules of ``outputs.py`` (``force``: overwrite files longssm did not
+    write). Returns the markdown report. Several processes: call it in rank 0 only."""
     report = markdown_report([result])
+    check_eval_outputs(json_path, plots_dir, force)  # all of them before the first file is written
     if plots_dir:
-        result["plots"] = [str(p) for p in plot_all([result], plots_dir, heatmap=False)]
+        with staged_outputs(plots_dir, "--plots", force) as staging:
+            names = [p.name for p in plot_all([result], staging, heatmap=False)]
+        result["plots"] = [str(Path(plots_dir) / name) for name in names]
     if json_path:
         path = Path(json_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps(result, indent=2))
-        write_text_atomic(path.with_suffix(".md"), report + "\n")
+        write_texts({path: json.dumps(result, indent=2), report_path(path): report + "\n"}, "--json", force)
     return report
 
 
@@ -153,30 +177,61 @@ def load_result(path: str | Path) -> Result:
     return data
 
 
-def check_output_dir(out_dir: str | Path) -> Path:
-    """``out_dir`` as a Path; ``UserError`` when it names an existing file (check before computing)."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; compare writes several files and needs a directory")
-    return out
+def report_path(json_path: Path) -> Path:
+    """The markdown report written beside the result JSON ``json_path``: its name with suffix ``.md``."""
+    return json_path.with_suffix(".md")
 
 
-def compare(results: list[Result], out_dir: str | Path) -> dict[str, Any]:
+def check_eval_outputs(json_path: str | Path | None, plots_dir: str | Path | None, force: bool = False) -> None:
+    """Check ``eval``'s output paths before anything is computed (``outputs.py``): the result JSON and its report
+    beside it (which must be two files: ``--json`` may not end in ``.md``), and the plot directory."""
+    if json_path:
+        path = Path(json_path)
+        if report_path(path) == path:
+            raise UserError(f"--json {path} ends in .md, the name of the report written beside the JSON; "
+                            f"give a .json name")
+        check_file(path, "--json", force)
+        check_file(report_path(path), "--json", force)
+    if plots_dir:
+        check_directory(plots_dir, "--plots")
+
+
+def check_cache_dir(cfg: EvalConfig) -> None:
+    """``--cache-dir``, when given and used: a directory outside every checkpoint and a run's own files
+    (``outputs.py``, rule 1; its entries are named by hashes, so nothing else is overwritten there)."""
+    if cfg.cache_dir and cfg.use_cache:
+        check_directory(cfg.cache_dir, "--cache-dir")
+
+
+COMPARE_FILES = ("compare.md", "compare.json")
+"""What ``compare`` writes into its directory besides the plots."""
+
+
+def check_output_dir(out_dir: str | Path, force: bool = False) -> Path:
+    """``compare --out`` as a Path, checked before computing (``outputs.check_directory``): not a file, not inside
+    a checkpoint or a run's own files, and its ``COMPARE_FILES`` not files that longssm did not write (unless
+    ``force``)."""
+    return check_directory(out_dir, "--out", COMPARE_FILES, force)
+
+
+def compare(results: list[Result], out_dir: str | Path, force: bool = False) -> dict[str, Any]:
     """Overlay several eval results: every plot they have data for, the sweep heatmap (two results or more),
-    ``compare.md`` and ``compare.json`` (verdicts and perplexities per run) in ``out_dir``.
+    ``compare.md`` and ``compare.json`` (verdicts and perplexities per run) in ``out_dir``, by the rules of
+    ``outputs.py`` (``force``: overwrite files longssm did not write).
 
     Returns ``{"report": markdown, "plots": [paths], "files": [compare.md, compare.json]}``."""
-    out = check_output_dir(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    plots = plot_all(results, out, heatmap=len(results) >= 2)
+    out, results = check_output_dir(out_dir, force), with_unique_labels(results)
     report = markdown_report(results)
-    (out / "compare.md").write_text(report + "\n")
-    summary = {
-        "runs": [{"label": run_label(r), "name": r.get("name"), "family": r.get("family"), "scheme": r.get("scheme"),
-                  "train_seq_len": r.get("train_seq_len"), "ppl_vs_length": r.get("ppl_vs_length"),
-                  "length_extension": length_extension_verdict(r["ppl_vs_length"], r.get("train_seq_len"))
-                  if r.get("ppl_vs_length") else None} for r in results],
-        "plots": [str(p) for p in plots],
-    }
-    (out / "compare.json").write_text(json.dumps(summary, indent=2))
-    return {"report": report, "plots": plots, "files": [out / "compare.md", out / "compare.json"]}
+    with staged_outputs(out, "--out", force) as staging:
+        plots = [out / p.name for p in plot_all(results, staging, heatmap=len(results) >= 2)]
+        summary = {
+            "runs": [{"label": run_label(r), "name": r.get("name"), "family": r.get("family"),
+                      "scheme": r.get("scheme"), "train_seq_len": r.get("train_seq_len"),
+                      "ppl_vs_length": r.get("ppl_vs_length"),
+                      "length_extension": length_extension_verdict(r["ppl_vs_length"], r.get("train_seq_len"))
+                      if r.get("ppl_vs_length") else None} for r in results],
+            "plots": [str(p) for p in plots],
+        }
+        (staging / "compare.md").write_text(report + "\n")
+        (staging / "compare.json").write_text(json.dumps(summary, indent=2))
+    return {"report": report, "plots": plots, "files": [out / name for name in COMPARE_FILES]}

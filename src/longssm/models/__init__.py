@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..config import ModelConfig
+from ..errors import OutOfMemory, allocation_failure
 from ..ops.dispatch import resolve_scan
 from .base import State
 from .lm import RecurrentLM
@@ -34,10 +35,27 @@ def build_model(
     ``tie_embeddings``: None = ``config.tie_embeddings``."""
     family = get_family(config.family)
     tie = config.tie_embeddings if tie_embeddings is None else tie_embeddings
-    model = RecurrentLM(config, family.block, norm=family.norm, tie_embeddings=tie)
-    if device is not None:
-        model = model.to(device)
+    try:
+        model = RecurrentLM(config, family.block, norm=family.norm, tie_embeddings=tie)
+        if device is not None:
+            model = model.to(device)
+    except (RuntimeError, MemoryError) as e:
+        tried = allocation_failure(e)
+        if tried is None:
+            raise
+        keys = SIZE_KEYS.get(config.family, SIZE_KEYS["mamba"])
+        sizes = ", ".join(f"model.{key}={getattr(config, key)}" for key in keys if getattr(config, key) is not None)
+        where = "" if device is None else f" on {device}"
+        raise OutOfMemory(f"out of memory building the {config.family} model{where} ({sizes}): {tried}") from None
     return set_scan(model)
+
+
+SIZE_KEYS = {"mamba": ("d_model", "n_layers", "d_state", "expand", "vocab_size"),
+             "mamba2": ("d_model", "n_layers", "d_state", "expand", "head_dim", "vocab_size"),
+             "s5": ("d_model", "n_layers", "d_state", "vocab_size"),
+             "gru": ("d_model", "n_layers", "vocab_size"), "lstm": ("d_model", "n_layers", "vocab_size")}
+"""The ``ModelConfig`` keys that size each built-in family, named by an out-of-memory error of ``build_model``
+(another family: those of mamba)."""
 
 
 def set_scan(model: RecurrentLM, scan: str | None = None) -> RecurrentLM:

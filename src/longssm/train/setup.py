@@ -110,17 +110,17 @@ def read_init_from(cfg: RunConfig, run_dir: Path, resume: str | None, init_from:
     """``cfg`` with the model config and tokenizer of the ``--init-from`` directory, and what was read there
     (``cfg`` and None without ``init_from``).
 
-    ``given``: the dotted config keys the user set (flags, ``--config`` file); None: those where ``cfg.model``
-    differs from the defaults. A given model key (other than ``model.scan``, ``model.dropout``, which apply) or
-    ``data.tokenizer`` that the source does not have is a ``UserError``, never ignored; so is a source without a
-    tokenizer whose vocabulary is not the byte tokenizer's, unless ``data.tokenizer`` is given."""
+    ``given``: the dotted config keys the user set (the command line passes its flags and ``--config`` keys; None,
+    from Python: none, ``cfg.model`` is replaced whole). A given model key (other than ``model.scan``,
+    ``model.dropout``, which apply) or ``data.tokenizer`` that the source does not have is a ``UserError``, never
+    ignored; so is a source without a tokenizer whose vocabulary is not the byte tokenizer's, unless a tokenizer is
+    given (from Python: ``cfg.data.tokenizer``)."""
     if init_from is None:
         return cfg, None
     if resume_candidates(run_dir, resume):
         raise UserError(f"--init-from starts a new run, but {run_dir} has a checkpoint to resume: drop one of them")
     pretrained = read_pretrained(init_from)
-    if given is None:
-        given = list(config_changes(RunConfig(), replace(RunConfig(), model=cfg.model)))
+    library_call, given = given is None, given or ()
     wanted = {k: v for k, v in flat_config(to_dict(cfg)).items() if k in given}
     source = flat_config({"model": to_dict(pretrained.model)})
     model = replace(pretrained.model, **{k[6:]: wanted[k] for k in FREE_MODEL_KEYS if k in wanted})
@@ -129,8 +129,14 @@ def read_init_from(cfg: RunConfig, run_dir: Path, resume: str | None, init_from:
         listed = ", ".join(f"{k}={source.get(k)!r} (given {wanted[k]!r})" for k in clash)
         raise UserError(f"--init-from {init_from} has {listed}: its weights fix the model, drop these flags (or train "
                         f"a new model without --init-from)")
+    if library_call:  # from Python: cfg's tokenizer serves a source that has none
+        wanted["data.tokenizer"] = None if pretrained.tokenizer else cfg.data.tokenizer
     tokenizer = _init_tokenizer(pretrained, init_from, wanted.get("data.tokenizer"))
     return replace(cfg, model=model, data=replace(cfg.data, tokenizer=tokenizer)), pretrained
+
+
+BYTE_PADDING = 64
+"""A source without a tokenizer is read with the byte tokenizer when its vocabulary is 256 padded by at most this."""
 
 
 def _init_tokenizer(pretrained: Pretrained, init_from: str | Path, given: str | None) -> str:
@@ -142,7 +148,7 @@ def _init_tokenizer(pretrained: Pretrained, init_from: str | Path, given: str | 
     if pretrained.tokenizer is not None or given is not None:
         return pretrained.tokenizer or str(given)
     vocab = pretrained.model.vocab_size
-    if vocab is not None and vocab > ByteTokenizer.vocab_size:
+    if vocab is not None and vocab > ByteTokenizer.vocab_size + BYTE_PADDING:
         raise UserError(f"--init-from {init_from} has no tokenizer.json and a vocabulary of {vocab}, not the byte "
                         f"tokenizer's {ByteTokenizer.vocab_size}: name its tokenizer with --data.tokenizer (gpt2 or a "
                         f"tokenizer.json path)")
