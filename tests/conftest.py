@@ -32,6 +32,14 @@ def wiki_text() -> str:
     return text[:60_000]
 
 
+def tiny_workdir(tmp_path_factory, wiki_text: str, name: str) -> Path:
+    """A new directory ``name`` holding ``corpus.txt``, the first 20 KB of ``wiki_text``: for tests that train tiny
+    runs in child processes (``tiny_train_args``)."""
+    root = tmp_path_factory.mktemp(name)
+    (root / "corpus.txt").write_text(wiki_text[:20_000], encoding="utf-8")
+    return root
+
+
 @pytest.fixture()
 def corpus_file(tmp_path: Path, wiki_text: str) -> Path:
     path = tmp_path / "corpus.txt"

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import assert_one_line_error, file_hashes, longssm, tiny_train_args
+from conftest import assert_one_line_error, file_hashes, longssm, tiny_train_args, tiny_workdir
 from longssm import checkpoint as ckpt_io
 
 STEPS = "200"  # long enough that every interruption below lands mid-run
@@ -28,9 +28,7 @@ pytestmark = pytest.mark.slow  # every test trains in child processes (4 to 10 s
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, wiki_text) -> Path:
-    root = tmp_path_factory.mktemp("crash")
-    (root / "corpus.txt").write_text(wiki_text[:20_000], encoding="utf-8")
-    return root
+    return tiny_workdir(tmp_path_factory, wiki_text, "crash")
 
 
 def args(root: Path, run: str, *extra: str) -> list[str]:

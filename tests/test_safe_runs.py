@@ -16,16 +16,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import file_hashes, longssm, tiny_train_args
+from conftest import file_hashes, longssm, tiny_train_args, tiny_workdir
 from longssm.checkpoint import read_weights
 from longssm.lock import HOLDER_FILE
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory, wiki_text) -> Path:
-    root = tmp_path_factory.mktemp("safe_runs")
-    (root / "corpus.txt").write_text(wiki_text[:20_000], encoding="utf-8")
-    return root
+    return tiny_workdir(tmp_path_factory, wiki_text, "safe_runs")
 
 
 def args(work: Path, run: str, *extra: str) -> list[str]:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from .cli_options import Command, OptionTable, Parsed
-from .config import EvalConfig, RunConfig, apply_overrides, from_dict, load_config, read_config_file, to_dict
+from .config import EvalConfig, RunConfig, apply_overrides, from_dict, read_config_file, to_dict
 from .errors import ConfigError, OutOfMemory, UserError, allocation_failure, os_error_line
 
 
@@ -325,32 +325,31 @@ def build_config(cls: type, parsed: Parsed) -> Any:
     """The command's config: ``--config`` (if given), then the config options in the order typed; checked, with
     the names only a registry knows (``model.family``, ``--metrics``) checked too, before any work starts. A
     ``train --resume`` starts from the run's saved config instead of the defaults."""
+    data = read_config_file(parsed.config_file) if parsed.config_file is not None else {}
+    cfg = from_dict(cls, apply_overrides(data, parsed.config))
     if cls is RunConfig:
-        cfg = load_config(parsed.config_file, parsed.config)
         if parsed.params.get("resume") is not None:
-            cfg = resumed_config(cfg, parsed)
+            cfg = resumed_config(cfg, parsed, data)
         from .models.registry import get_family
 
         get_family(cfg.model.family)
         return cfg
-    data = read_config_file(parsed.config_file) if parsed.config_file is not None else {}
-    cfg = from_dict(cls, apply_overrides(data, parsed.config))
     from .evaluate.registry import normalise_metrics
 
     cfg.metrics = normalise_metrics(cfg.metrics)
     return cfg
 
 
-def resumed_config(cfg: RunConfig, parsed: Parsed) -> RunConfig:
+def resumed_config(cfg: RunConfig, parsed: Parsed, data: dict[str, Any]) -> RunConfig:
     """The config of ``train --resume``: the saved config of the run (``train.resume.saved_config``) with the
-    ``--config`` file and the typed keys on top; ``cfg`` (defaults, file, keys) when the run directory holds none."""
+    ``--config`` file's ``data`` and the typed keys on top; ``cfg`` (defaults, file, keys) when the run directory
+    holds none."""
     from .train.resume import saved_config
 
     run_dir = Path(parsed.params.get("run_dir") or Path("runs") / cfg.name)
     saved = saved_config(run_dir, parsed.params["resume"])
     if saved is None:
         return cfg
-    data = read_config_file(parsed.config_file) if parsed.config_file is not None else {}
     return from_dict(RunConfig, apply_overrides(apply_overrides(to_dict(saved), data), parsed.config))
 
 
@@ -458,19 +457,19 @@ def main(argv: list[str] | None = None) -> int:
         run_command(name, argv[1:])
         sys.stdout.flush()  # a closed pipe fails here, not in the interpreter's flush at exit
     except ConfigError as e:  # the key spelled as the flag that sets it
-        _error(name, f"{e.render(option_table(name).flag_of)}")
+        _error(name, e.render(option_table(name).flag_of))
         return 2
     except UserError as e:
-        _error(name, f"{e}")
+        _error(name, str(e))
         return 2
     except BrokenPipeError:  # the reader of stdout went away (`longssm generate ... | head`): stop quietly
         return _stdout_closed()
     except OSError as e:  # the user's path (exit 2) or the machine (a full disk, ...: exit 1), in plain words
         line, code = os_error_line(e)
-        _error(name, f"{line}")
+        _error(name, line)
         return code
     except OutOfMemory as e:
-        _error(name, f"{e}")
+        _error(name, str(e))
         return 1
     except (RuntimeError, MemoryError) as e:  # an allocation that no code below caught with its config
         tried = allocation_failure(e)

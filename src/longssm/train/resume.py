@@ -39,9 +39,8 @@ NOT_COMPARED = ("train.world_size", "train.progress")
 
 
 def check_run_dir(run_dir: Path, resume: str | None, overwrite: bool) -> None:
-    """``UserError`` for a run directory that is a file, or that holds a run neither resumed nor overwritten."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--run-dir {run_dir} is a file, not a directory")
+    """``UserError`` for a run directory that holds a run neither resumed nor overwritten (one that is a file is
+    refused by its lock, ``lock.locked_dir``, which ``train`` takes first)."""
     if resume is not None and overwrite:
         raise UserError("--resume continues a run and --overwrite replaces it: give one of them")
     held = ckpt_io.holds_run(run_dir)
