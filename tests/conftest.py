@@ -15,6 +15,14 @@ from longssm.paths import resolve_path
 
 REPO = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one worker per core: one thread each, for its own torch and for its child processes
+    # (a worker's tests and the other worker's would otherwise share the cores, each asking for all of them)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def user_cache_dir(tmp_path_factory) -> Path:

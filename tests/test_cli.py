@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import re
 import typing
+from pathlib import Path
 
 import pytest
 
-from conftest import REPO, assert_one_line_error, longssm, tiny_train_args
+from conftest import REPO, ForkedCli, assert_one_line_error, file_hashes, longssm, tiny_train_args, tiny_workdir
 from longssm.cli import COMMANDS, main, option_table
 from longssm.cli_options import value_text
 from longssm.config import EvalConfig, RunConfig, from_dict, leaf_fields, literal_choices, load_config, strip_optional
@@ -40,22 +41,40 @@ def test_train_eval_plot_end_to_end(tmp_path, corpus_file):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.with_suffix(".csv").is_file()
 
 
-def test_missing_data_file(tmp_path, corpus_file):
-    proc = longssm(*tiny_train_args(tmp_path / "nope.txt", tmp_path / "cache", tmp_path / "run"))
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    """The bad-input cases' command line: ``python -m longssm`` forked from a server that imported torch once (the
+    end-to-end test above and the help tests below start a fresh interpreter each)."""
+    forked = ForkedCli(tmp_path_factory.mktemp("cli"))
+    yield forked
+    forked.close()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, wiki_text) -> Path:
+    """A finished tiny 6-step run, trained once for the tests that only evaluate it."""
+    root = tiny_workdir(tmp_path_factory, wiki_text, "cli_run")
+    proc = longssm(*tiny_train_args(root / "corpus.txt", root / "cache", root / "run"))
+    assert proc.returncode == 0, proc.stderr
+    return root / "run"
+
+
+def test_missing_data_file(tmp_path, corpus_file, cli):
+    proc = cli(*tiny_train_args(tmp_path / "nope.txt", tmp_path / "cache", tmp_path / "run"))
     assert_one_line_error(proc, "not found")
 
 
-def test_empty_data_file(tmp_path):
+def test_empty_data_file(tmp_path, cli):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    proc = longssm(*tiny_train_args(empty, tmp_path / "cache", tmp_path / "run"))
+    proc = cli(*tiny_train_args(empty, tmp_path / "cache", tmp_path / "run"))
     assert_one_line_error(proc, "empty")
 
 
-def test_corpus_too_short_for_the_streams(tmp_path):
+def test_corpus_too_short_for_the_streams(tmp_path, cli):
     short = tmp_path / "short.txt"
     short.write_text("just a few bytes of text\n")
-    proc = longssm(*tiny_train_args(short, tmp_path / "cache", tmp_path / "run"))
+    proc = cli(*tiny_train_args(short, tmp_path / "cache", tmp_path / "run"))
     assert_one_line_error(proc, "corpus too short")
 
 
@@ -73,28 +92,28 @@ def test_corpus_too_short_for_the_streams(tmp_path):
         (["foo.yaml"], "(a config file is given as --config foo.yaml)"),
     ],
 )
-def test_bad_config(tmp_path, corpus_file, args, needle):
-    proc = longssm(*tiny_train_args(corpus_file, tmp_path / "cache", tmp_path / "run"), *args)
+def test_bad_config(tmp_path, corpus_file, cli, args, needle):
+    proc = cli(*tiny_train_args(corpus_file, tmp_path / "cache", tmp_path / "run"), *args)
     assert_one_line_error(proc, needle)
 
 
-def test_unknown_key_in_yaml(tmp_path, corpus_file):
+def test_unknown_key_in_yaml(tmp_path, corpus_file, cli):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("train:\n  stepz: 3\n")
-    proc = longssm(*tiny_train_args(corpus_file, tmp_path / "cache", tmp_path / "run"), "--config", str(cfg))
+    proc = cli(*tiny_train_args(corpus_file, tmp_path / "cache", tmp_path / "run"), "--config", str(cfg))
     assert_one_line_error(proc, "unknown config key 'train.stepz'")
 
 
 @pytest.mark.parametrize("lengths", ["abc", "16,-4", "0", ""])
-def test_bad_length_list(tmp_path, corpus_file, lengths):
-    run = tmp_path / "run"
-    assert longssm(*tiny_train_args(corpus_file, tmp_path / "cache", run)).returncode == 0
-    proc = longssm("eval", str(run), "--lengths", lengths, "--no-progress")
+def test_bad_length_list(finished_run, cli, lengths):
+    before = file_hashes(finished_run)
+    proc = cli("eval", str(finished_run), "--lengths", lengths, "--no-progress")
     assert_one_line_error(proc, "--lengths")
+    assert file_hashes(finished_run) == before  # the refused evaluation wrote nothing into the run
 
 
-def test_eval_of_a_missing_run():
-    assert_one_line_error(longssm("eval", "/no/such/run"), "no such run")
+def test_eval_of_a_missing_run(cli):
+    assert_one_line_error(cli("eval", "/no/such/run"), "no such run")
 
 
 def test_help_lists_every_config_key_with_default_and_doc():

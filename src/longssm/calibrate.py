@@ -78,7 +78,7 @@ def calibrate_run(run: str | Path, method: Method, target_length: int, data: str
         raise UserError(f"calibrate scales Δ or A of the mamba and mamba2 families; {run} is {cfg.model.family!r}")
     model.requires_grad_(False)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
-    corpus = load_corpus(data, tokenizer, cfg.data.cache_dir, progress=False)
+    corpus = load_corpus(data, tokenizer, cfg.data.cache_dir, progress=False, role="valid")
     n = min(windows, (len(corpus.tokens) - 1) // target_length)
     if n < 1:
         raise UserError(f"--data {data} holds {len(corpus.tokens)} tokens: fewer than --target-length + 1")

@@ -180,6 +180,66 @@ def sweep(config_file: str | None = None, grid: list[str] | None = None, out: st
         print(f"wrote {f}", file=sys.stderr)
 
 
+def prepare(inputs: list[str], out: str, tokenizer: str = "byte",
+            split: Literal["none", "wikitext", "blank-lines"] = "none", text_field: str = "text", eos: str = "auto",
+            workers: int | None = None, limit_tokens: int | None = None, valid_fraction: float = 0.0,
+            valid: list[str] | None = None, on_error: Literal["stop", "skip"] = "stop", hf_split: str = "train",
+            shard_tokens: int = 1 << 28, overwrite: bool = False, progress: bool = True) -> None:
+    """Tokenize a corpus once into a prepared dataset that train (--data.train DIR) and eval (--data DIR) read.
+
+    Streams any amount of text in constant memory with several processes; rerun the same command after an
+    interruption to continue from the complete shards (the result is byte-identical). Writes DIR/manifest.json
+    (tokenizer, every input with size and sha256, counts), DIR/train/tokens-*.bin (flat uint16 or uint32 token
+    ids), DIR/train/docs.npy (document starts) and DIR/valid/ for a held-out split.
+
+    Args:
+        inputs: Text files, .jsonl / .jsonl.gz / .jsonl.zst, .parquet, Hugging Face datasets saved with save_to_disk,
+            directories of them (searched recursively) and globs.
+        out: The prepared dataset directory.
+        tokenizer: byte, gpt2 or a tokenizer.json path: the data.tokenizer of the runs that read the dataset.
+        split: How a text file is cut into documents: none (one per file), wikitext (at top-level " = Title = "
+            headings) or blank-lines. Each jsonl line, parquet or dataset row is one document.
+        text_field: The field (jsonl) or column (parquet, datasets) holding the text.
+        eos: Token after every document: auto (the tokenizer's end-of-text token, <|endoftext|> for GPT-2; byte 0,
+            NUL, for the byte tokenizer), none, or a token id.
+        workers: Tokenizing processes (default: the cores).
+        limit_tokens: Stop the train split after this many tokens (a quick subset).
+        valid_fraction: Hold out this fraction of the documents (evenly spread) as the valid split.
+        valid: A separate input for the valid split (once per input).
+        on_error: A bad jsonl line or row: stop (an error naming file and line) or skip (left out, one warning per
+            file).
+        hf_split: The split of a saved Hugging Face DatasetDict.
+        shard_tokens: Tokens per shard file (a shard closes at the first batch end past it).
+        overwrite: Replace a prepared dataset (or unfinished prepare) of other settings in --out.
+        progress: Show a progress bar (--no-progress turns it off).
+    """
+    from .data.prepare import prepare_dataset
+    from .data.tokenizer import load_tokenizer
+
+    eos_id: int | Literal["auto"] | None = "auto" if eos == "auto" else None if eos == "none" else _int_option(
+        "--eos", eos, "auto, none or a token id")
+    done = prepare_dataset(inputs, load_tokenizer(tokenizer), out, split=split, text_field=text_field, eos=eos_id,
+                           workers=workers, limit_tokens=limit_tokens, valid_fraction=valid_fraction,
+                           valid=valid or (), on_error=on_error, hf_split=hf_split, shard_tokens=shard_tokens,
+                           overwrite=overwrite, progress=progress)
+    parts = ", ".join(f"{info['tokens']:,} tokens in {info['documents']:,} documents ({name})"
+                      for name, info in done.manifest["splits"].items())
+    shards = sum(len(info["shards"]) for info in done.manifest["splits"].values())
+    if done.up_to_date:
+        print(f"{out} is up to date: {parts}")
+        return
+    rate = f", {done.input_bytes / 1e6 / done.seconds:.1f} MB/s" if done.input_bytes else ""
+    resumed = f", continued after {done.resumed_shards} complete shard(s)" if done.resumed_shards else ""
+    print(f"prepared {out}: {parts}, {shards} shard(s), {done.manifest['dtype']}, {done.seconds:.1f} s{rate}{resumed}")
+
+
+def _int_option(flag: str, text: str, expected: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"{flag} must be {expected}; got {text!r}") from None
+
+
 def generate(run: str, prompt: str | None = None, prompt_file: str | None = None, max_new_tokens: int = 256,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
              device: str = "auto", chunk: int = 1024) -> None:
@@ -303,6 +363,7 @@ COMMANDS: dict[str, Command] = {
     "compare": Command(compare, EvalConfig, positional=("results",), flags=(("use_cache", "cache"),)),
     "quickstart": Command(quickstart, overrides=True),
     "sweep": Command(sweep, flags=(("config_file", "config"),), repeated=("grid",), overrides=True),
+    "prepare": Command(prepare, positional=("inputs",), repeated=("valid",)),
     "generate": Command(generate, positional=("run",)),
     "lm-eval": Command(lm_eval, positional=("run",)),
     "import": Command(import_checkpoint, positional=("path",)),

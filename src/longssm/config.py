@@ -235,13 +235,15 @@ class DataConfig(Checked):
     SECTION: typing.ClassVar[str] = "data"
 
     train: str = "builtin:wikitext-103/wiki.train.prefix.tokens"
-    """Training text (or .npy/.bin token file). 'builtin:' paths name the data shipped inside the package."""
+    """Training data: a prepared dataset directory (longssm prepare; its train split), a text file (prepared into
+    the cache on first use) or a .npy token file. 'builtin:' paths name the data shipped inside the package."""
     valid: str = "builtin:wikitext-103/wiki.valid.tokens"
-    """Validation text used by periodic validation and evaluation."""
+    """Validation data used by periodic validation and evaluation: the same kinds (a prepared directory: its valid
+    split, or name DIR/train)."""
     tokenizer: str = "byte"
     """byte (vocab 256), gpt2 (shipped GPT-2 BPE) or a path to a Hugging Face tokenizer.json."""
     cache_dir: str | None = None
-    """Where token-id memmaps are cached (keyed by a hash of the text file and the tokenizer); null = the user's
+    """Where text files given as data are prepared (keyed by a hash of the file and the tokenizer); null = the user's
     cache directory: $LONGSSM_CACHE_DIR, else $XDG_CACHE_HOME/longssm, else ~/.cache/longssm
     (``paths.user_cache_dir``)."""
 
@@ -349,7 +351,8 @@ class EvalConfig(Checked):
     """How a trained model is evaluated (``longssm eval``, ``compare``, ``quickstart``, the benchmarks)."""
 
     data: str | None = None
-    """Text or .npy token file to evaluate on; null = the run's validation file."""
+    """Text file, .npy token file or prepared dataset (longssm prepare; its valid split, or DIR/train) to evaluate
+    on; null = the run's data.valid."""
     metrics: list[str] = spec(factory=lambda: ["ppl_vs_length"])
     """Comma-separated metrics (ppl_vs_length, position_ppl, effective_remembrance, passkey, state_stats) or all;
     the evaluation runs them in that order."""

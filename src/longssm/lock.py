@@ -75,12 +75,13 @@ def _remove_created(created: list[Path]) -> None:
 
 
 @contextmanager
-def locked_dir(path: str | Path, what: str = "directory") -> Iterator[Path]:
+def locked_dir(path: str | Path, what: str = "directory", wait: bool = False) -> Iterator[Path]:
     """Hold the lock of directory ``path`` (created with its parents if missing) for the block.
 
     ``DirectoryBusy`` (a ``UserError``: one line, exit 2) when another live process holds it, naming that process.
     When the block raises, directories this call created are removed again if they are still empty, so a run that
-    fails its checks leaves no trace. ``what`` names the directory in the message (e.g. "--run-dir").
+    fails its checks leaves no trace. ``what`` names the directory in the message (e.g. "--run-dir"). ``wait``:
+    block until the lock is free instead (processes sharing a cache entry).
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -89,12 +90,12 @@ def locked_dir(path: str | Path, what: str = "directory") -> Iterator[Path]:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError as e:
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            raise DirectoryBusy(f"{what} {path} is in use by {holder(path)}: one process writes a run directory at a "
-                                f"time; wait for it to end or stop it (a lock of a process that died is released by "
+            raise DirectoryBusy(f"{what} {path} is in use by {holder(path)}: one process writes it at a time; "
+                                f"wait for it to end or stop it (a lock of a process that died is released by "
                                 f"itself)") from None
         _write_holder(path)
         try:

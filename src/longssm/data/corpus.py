@@ -1,47 +1,36 @@
-"""Text → token ids, cached as numpy memmaps keyed by a hash of the text file and the tokenizer.
+"""The data a run reads: a 1-D token array plus the offsets where documents start.
 
-A corpus is a 1-D token array plus the offsets where documents start. For WikiText, a document is an
-article: it starts at a top-level heading line `` = Title = ``. Each article is tokenized separately and
-the ids are concatenated, so document starts are exact token offsets. Token files (``.npy``) are read
-as they are (one document).
+Three kinds: a prepared dataset directory (``longssm prepare``, ``prepared.py``); a text file, prepared into the
+user's cache by the same code (a document is a WikiText article: it starts at a top-level heading line
+`` = Title = ``; each article is tokenized separately, so document starts are exact token offsets; no separator
+token, as in earlier versions); a ``.npy`` token file (one document).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
-from ..files import atomic_file, sha256_file, write_text_atomic
+from ..files import sha256_file
 from ..paths import cache_path, resolve_path
+from .prepare import prepare_dataset
+from .prepared import MANIFEST, Corpus, Role, is_prepared, open_prepared
+from .sources import HEADING
 from .tokenizer import Tokenizer
 
-HEADING = re.compile(r"^ = [^=].* = $")
+__all__ = ["Corpus", "load_corpus", "split_documents"]
 
-
-@dataclass
-class Corpus:
-    tokens: np.ndarray
-    """Token ids, shape (N,), uint16 when the vocabulary fits, else int32 (often a read-only memmap)."""
-    doc_starts: np.ndarray
-    """Sorted token offsets where a document starts (always includes 0), int64."""
-    source: str
-    """The file it came from."""
-    digest: str
-    """Hash of (file content, tokenizer): the cache key, also used to key evaluation caches."""
-
-    def __len__(self) -> int:
-        return len(self.tokens)
+CACHE_FORMAT = "prepared-v1"
+"""Part of a cached text file's key: a cache entry is a prepared dataset directory."""
 
 
 def split_documents(text: str) -> list[str]:
-    """Split WikiText-style text into articles at top-level headings; other text is one document."""
+    """WikiText-style text cut into articles at top-level headings (other text is one document): the reference
+    that ``sources.iter_pieces(split="wikitext")`` is tested against."""
     lines = text.splitlines(keepends=True)
     docs: list[str] = []
     current: list[str] = []
@@ -64,67 +53,65 @@ def special_file_kind(path: Path) -> str:
     return next((name for test, name in kinds if test(mode)), "a special file")
 
 
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    with atomic_file(path, "wb") as f:
-        np.save(f, array)
-
-
 def load_corpus(
-    spec: str, tokenizer: Tokenizer, cache_dir: str | Path | None = None, progress: bool = True
+    spec: str, tokenizer: Tokenizer, cache_dir: str | Path | None = None, progress: bool = True,
+    role: Role = "train",
 ) -> Corpus:
-    """Tokenize ``spec`` (a text file, or a ``.npy`` token file) once; later calls read the memmap cached in
-    ``cache_dir`` (None: the user's cache directory, ``paths.user_cache_dir``)."""
+    """The corpus ``spec`` names: a prepared dataset directory (``longssm prepare``; ``role`` picks its train or
+    valid split, or name ``DIR/train``, ``DIR/valid``), a ``.npy`` token file (one document), or a text file, which
+    is prepared once (WikiText headings split documents, no separator token: the same tokens as a file read whole,
+    article by article) into ``cache_dir`` (None: the user's cache directory, ``paths.user_cache_dir``)."""
     path = resolve_path(spec)
+    if is_prepared(path):
+        return open_prepared(spec, tokenizer, role)
     if path.is_dir():
-        raise UserError(f"data file {spec} is a directory, not a file")
+        raise UserError(f"data {spec} is a directory but not a prepared dataset (make one with longssm prepare)")
     if not path.exists():
         raise UserError(f"data file not found: {spec}")
     if not path.is_file():
-        raise UserError(f"data file {spec} is {special_file_kind(path)}, not a regular file (give a text file or a "
-                        f".npy token file)")
+        raise UserError(f"data file {spec} is {special_file_kind(path)}, not a regular file (give a text file, a "
+                        f".npy token file or a prepared directory)")
     if path.stat().st_size == 0:
         raise UserError(f"data file is empty: {spec}")
     if path.suffix == ".npy":
-        try:
-            tokens = np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as e:
-            raise UserError(f"cannot read token file {spec}: {e}") from None
-        if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
-            raise UserError(f"token file {spec} must hold a 1-D integer array; got {tokens.dtype} {tokens.shape}")
-        if len(tokens) and int(tokens.max()) >= tokenizer.vocab_size:
-            raise UserError(f"token file {spec} has id {int(tokens.max())} >= vocabulary size {tokenizer.vocab_size}")
-        if len(tokens) and int(tokens.min()) < 0:
-            raise UserError(f"token file {spec} has a negative id ({int(tokens.min())}); ids are 0 … vocabulary "
-                            f"size − 1")
-        return Corpus(tokens, np.zeros(1, dtype=np.int64), str(path), sha256_file(path)[:16] + "-npy")
+        return _token_file(path, spec, tokenizer)
+    return _cached_text(path, spec, tokenizer, cache_dir, progress)
 
-    digest = hashlib.sha256((sha256_file(path) + tokenizer.identity).encode()).hexdigest()[:20]
-    cache = cache_path(cache_dir)
-    tok_file, doc_file = cache / f"{digest}.tokens.npy", cache / f"{digest}.docs.npy"
-    if tok_file.is_file() and doc_file.is_file():
-        return Corpus(np.load(tok_file, mmap_mode="r"), np.load(doc_file), str(path), digest)
 
+def _token_file(path: Path, spec: str, tokenizer: Tokenizer) -> Corpus:
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"data file {spec} is not UTF-8 text (give a text file or a .npy token file)") from None
-    if not text.strip():
-        raise UserError(f"data file has no text: {spec}")
-    docs = split_documents(text)
-    ids: list[list[int]] = []
-    from tqdm.auto import tqdm
+        tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        raise UserError(f"cannot read token file {spec}: {e}") from None
+    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+        raise UserError(f"token file {spec} must hold a 1-D integer array; got {tokens.dtype} {tokens.shape}")
+    if len(tokens) and int(tokens.max()) >= tokenizer.vocab_size:
+        raise UserError(f"token file {spec} has id {int(tokens.max())} >= vocabulary size {tokenizer.vocab_size}")
+    if len(tokens) and int(tokens.min()) < 0:
+        raise UserError(f"token file {spec} has a negative id ({int(tokens.min())}); ids are 0 … vocabulary "
+                        f"size − 1")
+    return Corpus(tokens, np.zeros(1, dtype=np.int64), str(path), sha256_file(path)[:16] + "-npy")
 
-    batch = 256
-    for i in tqdm(range(0, len(docs), batch), desc=f"tokenizing {path.name}", disable=not progress, leave=False):
-        ids.extend(tokenizer.encode_batch(docs[i : i + batch]))
-    dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.int32
-    lengths = np.array([len(x) for x in ids], dtype=np.int64)
-    tokens = np.fromiter((t for doc in ids for t in doc), dtype=dtype, count=int(lengths.sum()))
-    doc_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    doc_starts = np.unique(doc_starts[doc_starts < len(tokens)])
-    cache.mkdir(parents=True, exist_ok=True)
-    _atomic_save(doc_file, doc_starts)
-    _atomic_save(tok_file, tokens)
-    info = {"source": str(path), "tokenizer": tokenizer.identity, "tokens": len(tokens)}
-    write_text_atomic(cache / f"{digest}.json", json.dumps(info))
-    return Corpus(np.load(tok_file, mmap_mode="r"), doc_starts, str(path), digest)
+
+def _cached_text(path: Path, spec: str, tokenizer: Tokenizer, cache_dir: str | Path | None,
+                 progress: bool) -> Corpus:
+    """A text file through the same streaming ``prepare_dataset``, into the cache entry of (content, tokenizer).
+    Its digest is that of (content, tokenizer), as before prepared caches: it does not change with the file's path,
+    the cache's location or longssm's version."""
+    content = sha256_file(path)
+    key = hashlib.sha256((content + tokenizer.identity + CACHE_FORMAT).encode()).hexdigest()[:20]
+    out = cache_path(cache_dir) / key
+    if not (out / MANIFEST).is_file():
+        try:
+            prepare_dataset([str(path)], tokenizer, out, split="wikitext", eos=None, workers=1, progress=progress,
+                            wait=True)
+        except UserError as e:
+            if "holds no text" in str(e):
+                raise UserError(f"data file has no text: {spec}") from None
+            if "not UTF-8" in str(e):
+                raise UserError(f"data file {spec} is not UTF-8 text (give a text file, a .npy token file or a "
+                                f"prepared directory)") from None
+            raise
+    prepared = open_prepared(str(out), tokenizer, "train")
+    digest = hashlib.sha256((content + tokenizer.identity).encode()).hexdigest()[:20]
+    return Corpus(prepared.tokens, prepared.doc_starts, str(path), digest)

@@ -13,6 +13,7 @@ resumed loader identical to an uninterrupted one.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +43,10 @@ class Batch:
 
 
 class StreamLoader:
-    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, doc_starts: np.ndarray | None = None) -> None:
+    """The B streams of a token array (``len`` and slicing: a memmap or a prepared dataset's ``TokenArray``), read
+    a window at a time: nothing per token is held, so building it costs O(B + documents) whatever the corpus size."""
+
+    def __init__(self, tokens: Any, batch_size: int, seq_len: int, doc_starts: np.ndarray | None = None) -> None:
         n = len(tokens)
         if batch_size < 1 or seq_len < 1:
             raise UserError("batch size and sequence length must be >= 1")
@@ -51,38 +55,39 @@ class StreamLoader:
                 f"corpus too short: {n} tokens cannot make {batch_size} streams of at least T+1 = {seq_len + 1} tokens "
                 f"(need {batch_size * (seq_len + 1)}); use a bigger file or smaller train.batch_size / train.seq_len"
             )
-        self.batch_size, self.seq_len = batch_size, seq_len
+        self.tokens, self.batch_size, self.seq_len = tokens, batch_size, seq_len
         self.stream_len = n // batch_size
         self.windows_per_epoch = (self.stream_len - 1) // seq_len
-        self.streams = np.asarray(tokens[: batch_size * self.stream_len]).reshape(batch_size, self.stream_len)
-        # doc_mark[b, i] = 1 where a document starts at offset i of stream b; prefix sums answer
-        # "does a document start in (a, c]" for every row at once.
-        mark = np.zeros(batch_size * self.stream_len, dtype=np.int64)
-        if doc_starts is not None:
-            starts = doc_starts[(doc_starts > 0) & (doc_starts < len(mark))]
-            mark[starts] = 1
-        self._doc_cum = np.cumsum(mark.reshape(batch_size, self.stream_len), axis=1)
+        self.row_starts = np.arange(batch_size, dtype=np.int64) * self.stream_len
+        starts = np.zeros(0, np.int64) if doc_starts is None else np.asarray(doc_starts, dtype=np.int64)
+        self.doc_starts = np.unique(starts[starts > 0])
 
     def __len__(self) -> int:
         """Windows per epoch."""
         return self.windows_per_epoch
 
-    def batch(self, step: int) -> Batch:
-        """The window of global step ``step`` (pure function of the step: the step is the data cursor)."""
+    def _documents_begin(self, rows: np.ndarray, after: int, upto: int) -> np.ndarray:
+        """(len(rows),) bool: a document starts in stream offsets (after, upto] of each row (binary search)."""
+        lo = np.searchsorted(self.doc_starts, self.row_starts[rows] + after, side="right")
+        hi = np.searchsorted(self.doc_starts, self.row_starts[rows] + upto, side="right")
+        return hi > lo
+
+    def batch(self, step: int, rows: slice | None = None) -> Batch:
+        """The window of global step ``step`` (pure function of the step: the step is the data cursor); ``rows``:
+        only those streams are read (a process's own)."""
         epoch, j = divmod(step, self.windows_per_epoch)
         start = j * self.seq_len
-        chunk = self.streams[:, start : start + self.seq_len + 1].astype(np.int64)
+        picked = np.arange(self.batch_size)[rows if rows is not None else slice(None)]
+        chunk = np.stack([np.asarray(self.tokens[int(r) + start : int(r) + start + self.seq_len + 1])
+                          for r in self.row_starts[picked]]).astype(np.int64)
         chunk = torch.from_numpy(chunk)
-        if j > 0:
-            prev = start - self.seq_len
-            doc = self._doc_cum[:, start] - self._doc_cum[:, prev]
-        else:
-            doc = np.zeros(self.batch_size, dtype=np.int64)
+        first = j == 0  # the window after a wrap: the carried state is reset anyway
+        doc = np.zeros(len(picked), dtype=bool) if first else self._documents_begin(picked, start - self.seq_len, start)
         return Batch(
             x=chunk[:, :-1],
             y=chunk[:, 1:],
             step=step,
             epoch=epoch,
             wrapped=j == 0 and epoch > 0,
-            doc_reset=torch.from_numpy(doc > 0),
+            doc_reset=torch.from_numpy(doc),
         )

@@ -101,7 +101,8 @@ def evaluate_run(run: str | Path, cfg: EvalConfig, progress: bool = True) -> Res
         raise UserError(f"checkpoint {ckpt} has a vocabulary of {run_cfg.model.vocab_size} but {mismatch}")
     if mismatch and shard.is_main:
         print(f"warning: checkpoint {ckpt}: {mismatch} (data.tokenizer in its config.yaml)", file=sys.stderr)
-    corpus = load_corpus(cfg.data or run_cfg.data.valid, tokenizer, run_cfg.data.cache_dir, progress=progress)
+    corpus = load_corpus(cfg.data or run_cfg.data.valid, tokenizer, run_cfg.data.cache_dir, progress=progress,
+                         role="valid")
     if len(corpus.tokens) < 2:
         raise UserError(f"data file {corpus.source} holds {len(corpus.tokens)} token(s): nothing to evaluate")
     lengths = cfg.lengths or default_lengths(len(corpus.tokens), cfg.max_tokens)

@@ -112,7 +112,7 @@ def train_loop(run: Run, run_dir: Path, overwrite: bool, on_step: Callable[[int,
     state.model.train()
     with deferred_stop_signals() as stop_signal, bar, closing(log):
         while state.step < tc.steps:
-            metrics = train_step(state, run.loader.batch(state.step).rows(run.streams), ctx)
+            metrics = train_step(state, run.loader.batch(state.step, run.streams), ctx)
             guard.record(metrics)
             window.steps += 1
             done = state.step

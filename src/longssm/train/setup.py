@@ -77,9 +77,11 @@ def prepare(cfg: RunConfig, run_dir: Path, resume: str | None, init_from: str | 
     saved = read_resume(run_dir, resume, cfg)  # a resume that changes a fixed key fails here, before the rest
     check_vocabulary(cfg, tokenizer)
     warn_about(cfg)
-    loader, valid = load_data(cfg, tokenizer)
+    loader, valid, digest = load_data(cfg, tokenizer)
+    check_same_data(saved, cfg, digest)
     changes = {} if saved is None else config_changes(saved.config, cfg)
     state = new_train_state(cfg, device, shard, pretrained)
+    state.data_digest = digest
     return Run(cfg, shard, device, autocast, loader, shard.streams(cfg.train.batch_size), valid, pretrained, saved,
                changes, state)
 
@@ -186,17 +188,28 @@ def _absolute(spec: str) -> str:
     return spec if spec.startswith(BUILTIN_PREFIX) else str(resolve_path(spec).absolute())
 
 
-def load_data(cfg: RunConfig, tokenizer: Tokenizer) -> tuple[StreamLoader, np.ndarray | None]:
-    """The training streams and the validation tokens (None without ``train.eval_every``); ``UserError`` for
-    validation data no longer than a training window (checked now, not at the first validation)."""
+def check_same_data(saved: ckpt_io.TrainingCheckpoint | None, cfg: RunConfig, digest: str) -> None:
+    """``UserError`` when the checkpoint to resume was trained on other data than ``data.train`` holds now (its
+    digest: a prepared dataset's manifest, a text file's content); checkpoints without a digest are not checked."""
+    was = None if saved is None else saved.trainer.get("data_digest")
+    if was is not None and was != digest:
+        raise UserError(f"data.train {cfg.data.train} is not the dataset this run was trained on (manifest {was} ≠ "
+                        f"{digest})")
+
+
+def load_data(cfg: RunConfig, tokenizer: Tokenizer) -> tuple[StreamLoader, Any, str]:
+    """The training streams, the validation tokens (None without ``train.eval_every``) and the training data's
+    digest; ``UserError`` for validation data no longer than a training window (checked now, not at the first
+    validation)."""
     tc = cfg.train
     corpus = load_corpus(cfg.data.train, tokenizer, cfg.data.cache_dir, progress=tc.progress)
     loader = StreamLoader(corpus.tokens, tc.batch_size, tc.seq_len, corpus.doc_starts)
-    valid = load_corpus(cfg.data.valid, tokenizer, cfg.data.cache_dir, progress=tc.progress) if tc.eval_every else None
+    valid = (load_corpus(cfg.data.valid, tokenizer, cfg.data.cache_dir, progress=tc.progress, role="valid")
+             if tc.eval_every else None)
     if valid is not None and len(valid) <= tc.seq_len:
         raise UserError(f"data.valid {cfg.data.valid} holds {len(valid)} tokens; validation (train.eval_every) needs "
                         f"more than train.seq_len={tc.seq_len}")
-    return loader, None if valid is None else valid.tokens
+    return loader, None if valid is None else valid.tokens, corpus.digest
 
 
 def new_train_state(cfg: RunConfig, device: torch.device, shard: distributed.Shard = distributed.ALONE,

@@ -4,7 +4,8 @@ A checkpoint saves ``TrainState.state_dict()`` and a resume restores it with ``l
 (``checkpoint.py``):
 
     model.safetensors    "model"    the weights
-    trainer.pt           "trainer"  optimizer, scheduler, scaler, torch_rng (+ cuda_rng on CUDA), step, bad_in_a_row
+    trainer.pt           "trainer"  optimizer, scheduler, scaler, torch_rng (+ cuda_rng on CUDA), step, bad_in_a_row,
+                                    data_digest (the training data's ``Corpus.digest``; absent in older checkpoints)
     states.safetensors   "states"   the state schemes' carried states (all B streams), fitted statistics and RNG
 
 so a resumed run continues bit-identically.
@@ -38,6 +39,8 @@ class TrainState:
     """Steps taken, which is also the data cursor: the next step trains on window ``step`` of every stream."""
     bad_in_a_row: int = 0
     """Non-finite steps in a row, as far as the host has read them back (``guard.NonFiniteGuard``)."""
+    data_digest: str | None = None
+    """Identity of the training data (``Corpus.digest``), saved so that a resume on other data is refused."""
 
     @property
     def device(self) -> torch.device:
@@ -55,6 +58,8 @@ class TrainState:
             "step": self.step,
             "bad_in_a_row": self.bad_in_a_row,
         }
+        if self.data_digest is not None:
+            trainer["data_digest"] = self.data_digest
         if self.device.type == "cuda":
             trainer["cuda_rng"] = torch.cuda.get_rng_state()
         return {"model": self.model.state_dict(), "trainer": trainer, "states": self.schemes.state_dict()}
