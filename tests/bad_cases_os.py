@@ -56,7 +56,7 @@ CASES: list[tuple[str, object, str, int]] = [
     ("--data.cache_dir name too long", lambda i: i.train("--data.cache_dir", i.path(LONG)), "(300 bytes", 2),
     # a file where a directory is needed (EEXIST, ENOTDIR) and a directory where a file is needed (EISDIR)
     ("--data.cache_dir is a file", lambda i: i.train("--data.cache_dir", i.path("a_file")),
-     "a_file already exists (a file)", 2),
+     "a_file is a file", 2),
     ("--data.cache_dir under a file", lambda i: i.train("--data.cache_dir", i.path("a_file/cache")),
      "a part of the path is not a directory", 2),
     ("--run-dir under a file", lambda i: i.train(run_dir=i.path("a_file/run")),

@@ -152,7 +152,7 @@ def test_eval_help_shows_the_eval_config():
 
 # --- the option tables ---------------------------------------------------------------------------------------------
 
-PROGRESS_COMMANDS = {"train", "eval", "compare", "quickstart", "sweep"}
+PROGRESS_COMMANDS = {"train", "eval", "compare", "quickstart", "sweep", "prepare"}
 """The commands that show progress bars: each takes --no-progress."""
 
 

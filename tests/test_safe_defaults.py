@@ -76,7 +76,7 @@ def home(tmp_path_factory, wiki_text) -> Home:
 def test_training_caches_tokens_in_xdg_cache_home_and_leaves_the_cwd_alone(home):
     assert {p.split("/")[0] for p in entries(home.cwd)} == {"runs"}
     assert {p.split("/")[1] for p in entries(home.cwd) if p.count("/")} == {"tiny"}
-    assert list((home.xdg / "longssm").glob("*.tokens.npy")), entries(home.xdg)
+    assert list((home.xdg / "longssm").glob("*/train/tokens-00000.bin")), entries(home.xdg)
     assert not (home.home / ".cache" / "longssm").exists()
     saved = (home.cwd / "runs" / "tiny" / "config.yaml").read_text()
     assert "cache_dir: null" in saved  # resolved where it is used, so the run works for another user too
@@ -86,7 +86,7 @@ def test_eval_honours_longssm_cache_dir_and_keeps_its_cache_in_the_run(home, tmp
     before = entries(home.cwd) - {p for p in entries(home.cwd) if "eval_cache" in p}
     proc = home.longssm("eval", "runs/tiny/final", "--lengths", "16", "--no-progress", LONGSSM_CACHE_DIR=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    assert list(tmp_path.glob("*.tokens.npy")), "the validation tokens were not cached in $LONGSSM_CACHE_DIR"
+    assert list(tmp_path.glob("*/train/tokens-00000.bin")), "the validation tokens were not in $LONGSSM_CACHE_DIR"
     assert list((home.cwd / "runs" / "tiny" / "eval_cache").rglob("*.json"))
     after = entries(home.cwd)
     assert {p for p in after - before if not p.startswith("runs/tiny/eval_cache")} == set()

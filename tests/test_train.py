@@ -64,7 +64,7 @@ def test_a_train_state_loaded_from_its_state_dict_continues_bit_identically(tmp_
     cfg = train_setup.resolve_config(cfg_of(corpus_file, tmp_path / "cache", model__family=family, model__dropout=0.1,
                                             state__scheme=scheme, state__p_zero=0.3), tokenizer)
     # S5's dropout draws from torch's RNG: the state dict must restore it too
-    loader, _ = train_setup.load_data(cfg, tokenizer)
+    loader, _, _ = train_setup.load_data(cfg, tokenizer)
 
     def steps(state: TrainState, n: int) -> list[float]:
         ctx = StepContext(state.model, state.model, cpu, torch.autocast("cpu", enabled=False), ALONE,

@@ -185,7 +185,7 @@ def prepare(inputs: list[str], out: str, tokenizer: str = "byte",
             workers: int | None = None, limit_tokens: int | None = None, valid_fraction: float = 0.0,
             valid: list[str] | None = None, on_error: Literal["stop", "skip"] = "stop", hf_split: str = "train",
             shard_tokens: int = 1 << 28, overwrite: bool = False, progress: bool = True) -> None:
-    """Tokenize a corpus once into a prepared dataset that train (--data.train DIR) and eval (--data DIR) read.
+    """Tokenize a corpus once into a prepared dataset directory, which train and eval then read as their data.
 
     Streams any amount of text in constant memory with several processes; rerun the same command after an
     interruption to continue from the complete shards (the result is byte-identical). Writes DIR/manifest.json

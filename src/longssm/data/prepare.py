@@ -368,6 +368,36 @@ def _write_split(out: Path, name: str, record: dict[str, Any], settings: dict[st
     return writer.finish(), read
 
 
+def _write_all(out: Path, record: dict[str, Any], settings: dict[str, Any], tokenizer: Tokenizer,
+               workers: int | None, sources: list[Source], valid_sources: list[Source], on_error: OnError, save: Any,
+               progress: bool) -> tuple[dict[str, Any], int]:
+    """Every split (valid first); (the manifest's splits, text bytes read). A bad input found before the first
+    shard of a new dataset is complete leaves nothing behind."""
+    from tqdm.auto import tqdm
+
+    names = (["valid"] if settings["valid"] else []) + ["train"]
+    total = sum(s.size for s in sources) + sum(s.size for s in valid_sources)
+    fresh = not record["splits"]
+    encoder = Encoder(tokenizer, workers or os.cpu_count() or 1, np.dtype(settings["dtype"]))
+    splits, read = {}, 0
+    try:
+        with tqdm(total=total, desc=f"preparing {out.name}", unit="B", unit_scale=True, disable=not progress,
+                  leave=False) as bar:
+            for name in names:
+                part = record["splits"].setdefault(name, {"shards": [], "documents": 0})
+                pieces = _split_pieces(name, settings, sources, valid_sources, on_error)
+                splits[name], n = _write_split(out, name, part, settings, encoder, pieces, save, bar)
+                read += n
+    except UserError:
+        if fresh and not any(part["shards"] for part in record["splits"].values()):
+            for entry in _our_entries(out):
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        raise
+    finally:
+        encoder.close()
+    return splits, read
+
+
 def prepare_dataset(inputs: Sequence[str], tokenizer: Tokenizer, out: str | Path, *, split: Split = "none",
                     text_field: str = "text", eos: Eos = "auto", workers: int | None = None,
                     limit_tokens: int | None = None, valid_fraction: float = 0.0, valid: Sequence[str] = (),
@@ -376,7 +406,6 @@ def prepare_dataset(inputs: Sequence[str], tokenizer: Tokenizer, out: str | Path
     """Tokenize ``inputs`` into the prepared dataset directory ``out`` (see the module docstring); continues an
     interrupted prepare of the same settings; a no-op when ``out`` is already complete with them. ``wait``: wait
     for another process preparing ``out`` (a shared cache) instead of failing."""
-    from tqdm.auto import tqdm
 
     if not 0 <= valid_fraction < 1:
         raise UserError(f"--valid-fraction must be in [0, 1); got {valid_fraction}")
@@ -402,20 +431,8 @@ def prepare_dataset(inputs: Sequence[str], tokenizer: Tokenizer, out: str | Path
             write_text_atomic(out / PROGRESS, json.dumps(record, indent=1))
 
         save()
-        names = (["valid"] if settings["valid"] else []) + ["train"]
-        total = sum(s.size for s in sources) + sum(s.size for s in valid_sources)
-        encoder = Encoder(tokenizer, workers or os.cpu_count() or 1, np.dtype(settings["dtype"]))
-        splits, read = {}, 0
-        try:
-            with tqdm(total=total, desc=f"preparing {out.name}", unit="B", unit_scale=True, disable=not progress,
-                      leave=False) as bar:
-                for name in names:
-                    part = record["splits"].setdefault(name, {"shards": [], "documents": 0})
-                    pieces = _split_pieces(name, settings, sources, valid_sources, on_error)
-                    splits[name], n = _write_split(out, name, part, settings, encoder, pieces, save, bar)
-                    read += n
-        finally:
-            encoder.close()
+        splits, read = _write_all(out, record, settings, tokenizer, workers, sources, valid_sources, on_error, save,
+                                  progress)
         manifest = {**settings, "longssm": __version__, "splits": splits}
         write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
         (out / PROGRESS).unlink()
