@@ -156,15 +156,31 @@ class ModelConfig(Checked):
     dt_rank: int | None = spec(None, ge=1)
     """Rank R of the Δ projection (Mamba-1); null = ceil(d_model / 16)."""
     head_dim: int = spec(32, ge=1)
-    """Head size P (Mamba-2): heads H = expand * d_model / head_dim."""
+    """Head size P (Mamba-2: heads H = expand * d_model / head_dim); the key/query size K per head of deltanet,
+    gated_deltanet and gla."""
+    n_heads: int | None = spec(None, ge=1)
+    """Heads H of deltanet, gated_deltanet and gla; null = d_model / head_dim (head_dim must divide d_model)."""
+    v_head_dim: int | None = spec(None, ge=1)
+    """Value size V per head of deltanet, gated_deltanet and gla (state per head: head_dim x v_head_dim); null =
+    head_dim."""
+    short_conv: bool = True
+    """Short causal convolutions (width d_conv) on q, k and v of deltanet, gated_deltanet and gla; their states are
+    carried like Mamba's."""
+    output_gate: bool = True
+    """The output gate silu(g_proj(x)) after the per-head output norm (deltanet, gated_deltanet, gla)."""
+    gate_rank: int = spec(16, ge=1)
+    """Rank of GLA's forget-gate projection (d_model -> gate_rank -> keys)."""
+    mlp_expand: float = spec(0.0, ge=0, le=64)
+    """A SwiGLU MLP sublayer after every mixer (norm -> mixer -> norm -> MLP, as in fla's models), hidden width
+    round(mlp_expand * d_model); 0 = none (one sublayer per block). Any family."""
     n_groups: int = spec(1, ge=1)
     """Number of B/C groups (Mamba-2)."""
     chunk_size: int = spec(64, ge=1)
     """Chunk length of the chunked scans (Mamba-2 SSD, S5); the Mamba-1 chunked scan sizes its blocks itself."""
-    scan: Literal["auto", "chunked", "reference", "triton", "mamba_ssm"] = "auto"
+    scan: Literal["auto", "chunked", "reference", "triton", "mamba_ssm", "fla"] = "auto"
     """Scan: chunked (fast), reference (loop), triton (Mamba-1 GPU kernel), mamba_ssm (Mamba-2 kernel of the mamba-ssm
-    package); a kernel the family lacks runs chunked. auto: on CUDA triton (after a self-check) / mamba_ssm if
-    installed, else chunked."""
+    package), fla (the kernels of fla-core for deltanet, gated_deltanet, gla); a kernel the family lacks runs
+    chunked. auto: on CUDA triton / fla (after a self-check) or mamba_ssm if installed, else chunked."""
     norm_eps: float = spec(1e-5, gt=0)
     """RMSNorm / LayerNorm epsilon."""
     dropout: float = spec(0.0, ge=0, le=1)
@@ -182,6 +198,8 @@ class ModelConfig(Checked):
 
     def check(self) -> None:
         # model.family is checked where it is used (models.registry.get_family): only the registry knows the names
+        if self.mlp_expand and round(self.mlp_expand * self.d_model) < 1:
+            raise ConfigError("model.mlp_expand", "0 or a width round(mlp_expand * d_model) >= 1", self.mlp_expand)
         if self.dt_min > self.dt_max:
             raise ConfigError("model.dt_min", "<= model.dt_max", self.dt_min, got=f"{self.dt_min} > {self.dt_max}")
         for name in ("delta_scale", "a_scale"):

@@ -3,7 +3,8 @@
     lm.py           RecurrentLM (embedding -> pre-norm residual blocks -> final norm -> tied head), the block
                     protocol RecurrentBlock
     layers.py       RMSNorm, CausalDepthwiseConv1d, the length-scale buffers, full_precision (shared by families)
-    mamba.py, mamba2.py, s5.py, rnn.py       the built-in blocks
+    mamba.py, mamba2.py, s5.py, rnn.py, delta_net.py, gla.py       the built-in blocks
+    linear_attention.py                      what the delta-rule and GLA mixers share
     registry.py     family names -> blocks (built-in, register_family, module:Class)
     hf_adapters.py  Hugging Face / mamba_ssm state-dict adapters
     base.py         the state type and family-agnostic state helpers
@@ -53,7 +54,9 @@ def build_model(
 SIZE_KEYS = {"mamba": ("d_model", "n_layers", "d_state", "expand", "vocab_size"),
              "mamba2": ("d_model", "n_layers", "d_state", "expand", "head_dim", "vocab_size"),
              "s5": ("d_model", "n_layers", "d_state", "vocab_size"),
-             "gru": ("d_model", "n_layers", "vocab_size"), "lstm": ("d_model", "n_layers", "vocab_size")}
+             "gru": ("d_model", "n_layers", "vocab_size"), "lstm": ("d_model", "n_layers", "vocab_size"),
+             **{family: ("d_model", "n_layers", "n_heads", "head_dim", "v_head_dim", "vocab_size")
+                for family in ("deltanet", "gated_deltanet", "gla")}}
 """The ``ModelConfig`` keys that size each built-in family, named by an out-of-memory error of ``build_model``
 (another family: those of mamba)."""
 

@@ -1,13 +1,16 @@
-"""Layers shared by several families: RMSNorm, the stateful causal depthwise convolution, the calibrated
+"""Layers shared by several families: RMSNorm, the per-head (gated) RMSNorm and the L2 normalisation of the
+linear-attention mixers, the stateful causal depthwise convolution, the SwiGLU MLP sublayer, the calibrated
 length-scale buffers of the Mamba mixers and the float32 promotion of carried states.
 
 Glossary
     b  batch        l  sequence length        c  channels        k  kernel width (d_conv)
+    d  d_model      f  hidden width of the MLP (round(mlp_expand * d))
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ModelConfig
@@ -63,16 +66,63 @@ class CausalDepthwiseConv1d(nn.Conv1d):
     also l < k - 1. The new state is the last k - 1 rows of xc.
     """
 
-    def __init__(self, channels: int, kernel_size: int) -> None:
-        super().__init__(channels, channels, kernel_size, groups=channels, bias=True)
+    def __init__(self, channels: int, kernel_size: int, bias: bool = True) -> None:
+        super().__init__(channels, channels, kernel_size, groups=channels, bias=bias)
 
     def forward(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         """x (b, l, c), state (b, c, k-1) -> y (b, l, c) (before any activation), new state (b, c, k-1)."""
         k, l = self.kernel_size[0], x.shape[1]
         xc = torch.cat([state.transpose(1, 2).to(x.dtype), x], dim=1)  # (b, k-1+l, c)
         weight = self.weight[:, 0, :].to(x.dtype)  # (c, k)
-        y = torch.addcmul(self.bias.to(x.dtype), xc[:, :l], weight[:, 0])
+        if self.bias is None:  # the short convolutions of the linear-attention mixers (fla's conv_bias=False)
+            y = xc[:, :l] * weight[:, 0]
+        else:
+            y = torch.addcmul(self.bias.to(x.dtype), xc[:, :l], weight[:, 0])
         for j in range(1, k):
             y = torch.addcmul(y, xc[:, j:j + l], weight[:, j])
         new_state = xc[:, xc.shape[1] - (k - 1):].transpose(1, 2).contiguous()
         return y, new_state
+
+
+def l2_normalize(x: Tensor, eps: float = 1e-6) -> Tensor:
+    """x / sqrt(sum(x²) + eps) over the last dimension, in at least float32 (fla's ``l2norm``): (..., K) -> (..., K)."""
+    v = x.to(torch.promote_types(x.dtype, torch.float32))
+    return v * torch.rsqrt(v.pow(2).sum(-1, keepdim=True) + eps)
+
+
+class HeadRMSNorm(nn.Module):
+    """The output norm of the linear-attention mixers: RMSNorm over each head's V channels, then, when a gate is
+    given, times silu(gate) (fla's ``FusedRMSNormGated``, activation swish; without a gate its ``RMSNorm``).
+
+    o (b, l, h, V), gate (b, l, h, V) or None -> (b, l, h, V) in o's dtype; weight (V,) shared by the heads.
+    """
+
+    def __init__(self, head_dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(head_dim))
+
+    def forward(self, o: Tensor, gate: Tensor | None = None) -> Tensor:
+        dtype = torch.promote_types(o.dtype, torch.float32)
+        v = o.to(dtype)
+        v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.to(dtype)
+        if gate is not None:
+            v = v * F.silu(gate.to(dtype))
+        return v.to(o.dtype)
+
+
+class SwiGLU(nn.Module):
+    """The MLP sublayer of a block (``model.mlp_expand`` > 0): down(silu(gate(x)) ⊙ up(x)), (b, l, d) -> (b, l, d).
+
+    The names and the layout are those of fla's ``GatedMLP`` and of Llama (``gate_proj``, ``up_proj`` (f, d),
+    ``down_proj`` (d, f), no biases), so fla checkpoints load without renaming inside the MLP.
+    """
+
+    def __init__(self, d_model: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(d_model, hidden, bias=False)
+        self.up_proj = nn.Linear(d_model, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

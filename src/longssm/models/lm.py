@@ -1,6 +1,7 @@
 """The one language-model shell every family runs in, and the block protocol a family implements.
 
-    tokens (b, l) ─ embeddings ─> x (b, l, d) ─ n_layers × [x ← x + block(norm(x), state_i)]
+    tokens (b, l) ─ embeddings ─> x (b, l, d) ─ n_layers × [x ← x + block(norm(x), state_i)
+                                                            (x ← x + mlp(mlp_norm(x)) when model.mlp_expand > 0)]
                   ─ norm_f ─ lm_head ─> logits (b, l, V)
 
 Glossary
@@ -15,6 +16,8 @@ loading rules of the tied head. Parameter names are those of Hugging Face ``Mamb
     backbone.embeddings.weight            (V, d)
     backbone.layers.{i}.norm.*            the pre-norm of layer i
     backbone.layers.{i}.mixer.*           the family's block of layer i
+    backbone.layers.{i}.mlp_norm.*,       the norm and the SwiGLU MLP (``layers.SwiGLU``) after the mixer, only
+    backbone.layers.{i}.mlp.*             when model.mlp_expand > 0 (the Transformer-style block of fla's models)
     backbone.norm_f.*                     the final norm
     lm_head.weight                        (V, d), the same tensor as backbone.embeddings.weight (tied)
 
@@ -34,7 +37,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from ..errors import UserError
 from .base import State
-from .layers import RMSNorm, full_precision
+from .layers import RMSNorm, SwiGLU, full_precision
 
 NormFactory = Callable[[int, float], nn.Module]
 """``norm(d_model, eps) -> module`` mapping (..., d) to (..., d): ``RMSNorm``, ``nn.LayerNorm``, ..."""
@@ -69,21 +72,27 @@ class RecurrentBlock(Protocol):
 
 
 class ResidualBlock(nn.Module):
-    """Pre-norm residual layer: x ← x + mixer(norm(x), state). (b, l, d) -> (b, l, d).
+    """Pre-norm residual layer: x ← x + mixer(norm(x), state), then, with an MLP, x ← x + mlp(mlp_norm(x)).
+    (b, l, d) -> (b, l, d). The MLP is stateless: the layer's state is its mixer's.
 
     The residual stream stays in the stream's dtype (the official Mamba code keeps it in float32 with
     ``residual_in_fp32``; for float32 models the two agree, and float64 stays float64 for the exactness tests).
     """
 
-    def __init__(self, norm: nn.Module, mixer: nn.Module) -> None:
+    def __init__(self, norm: nn.Module, mixer: nn.Module, mlp: tuple[nn.Module, nn.Module] | None = None) -> None:
         super().__init__()
         self.norm = norm
         self.mixer = mixer
+        if mlp is not None:
+            self.mlp_norm, self.mlp = mlp
 
     def forward(self, x: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """x (b, l, d), the layer's state {part: (b, ...)} -> x (b, l, d), the new layer state."""
         y, new_state = self.mixer(self.norm(x), state)
-        return x + y, new_state
+        x = x + y
+        if hasattr(self, "mlp"):
+            x = x + self.mlp(self.mlp_norm(x))
+        return x, new_state
 
 
 class Backbone(nn.Module):
@@ -92,8 +101,14 @@ class Backbone(nn.Module):
     def __init__(self, config: ModelConfig, block: type[nn.Module], norm: NormFactory) -> None:
         super().__init__()
         self.embeddings = nn.Embedding(config.vocab_size, config.d_model)
+        hidden = round(config.mlp_expand * config.d_model)
+
+        def mlp() -> tuple[nn.Module, nn.Module] | None:
+            return (norm(config.d_model, config.norm_eps), SwiGLU(config.d_model, hidden)) if hidden else None
+
         self.layers = nn.ModuleList(
-            ResidualBlock(norm(config.d_model, config.norm_eps), block(config, i)) for i in range(config.n_layers)
+            ResidualBlock(norm(config.d_model, config.norm_eps), block(config, i), mlp())
+            for i in range(config.n_layers)
         )
         self.norm_f = norm(config.d_model, config.norm_eps)
 

@@ -3,7 +3,8 @@
 A family is a block class (the protocol ``lm.RecurrentBlock``) and the norm class of its residual layers; the
 language model around it is always ``lm.RecurrentLM``. ``model.family`` names a family in one of two ways:
 
-    a registered name     "mamba", "mamba2", "s5", "gru", "lstm", or a name given to ``register_family``
+    a registered name     "mamba", "mamba2", "s5", "gru", "lstm", "deltanet", "gated_deltanet", "gla", or a name
+                          given to ``register_family``
     an import path        "package.module:BlockClass": the class is imported at build time (norm: RMSNorm), so
                           a user block can be named from YAML or the command line without Python code
 """
@@ -17,6 +18,8 @@ from torch import nn
 
 from ..errors import UserError
 from .layers import RMSNorm
+from .delta_net import DeltaNetMixer, GatedDeltaNetMixer
+from .gla import GLAMixer
 from .lm import NormFactory
 from .mamba import MambaMixer
 from .mamba2 import Mamba2Mixer
@@ -36,7 +39,7 @@ class Family:
 
 
 _FAMILIES: dict[str, Family] = {}
-_BUILT_IN = ("mamba", "mamba2", "s5", "gru", "lstm")
+_BUILT_IN = ("mamba", "mamba2", "s5", "gru", "lstm", "deltanet", "gated_deltanet", "gla")
 
 
 def register_family(name: str, block_cls: type[nn.Module], *, norm: NormFactory = RMSNorm) -> Family:
@@ -101,3 +104,6 @@ register_family("mamba2", Mamba2Mixer, norm=RMSNorm)
 register_family("s5", S5Mixer, norm=nn.LayerNorm)
 register_family("gru", GRUMixer, norm=nn.LayerNorm)
 register_family("lstm", LSTMMixer, norm=nn.LayerNorm)
+register_family("deltanet", DeltaNetMixer, norm=RMSNorm)
+register_family("gated_deltanet", GatedDeltaNetMixer, norm=RMSNorm)
+register_family("gla", GLAMixer, norm=RMSNorm)

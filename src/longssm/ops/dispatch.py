@@ -4,10 +4,12 @@
     reference   the plain sequential loop of the same equations, kept as the oracle of every other implementation
     triton      our Triton Mamba-1 scan (``selective_scan_triton.py``)
     mamba_ssm   the fused SSD kernel of the optional ``mamba_ssm`` package (``ssd_mamba_ssm.py``), Mamba-2
+    fla         the chunk kernels of the optional ``fla-core`` package (``fla_kernels.py``): DeltaNet, Gated
+                DeltaNet, GLA
     auto        the best of these that runs here
 
 A family declares the fast kernels it has (``fast_kernels`` of its block class: Mamba-1 ``("triton",)``, Mamba-2
-``("mamba_ssm",)``, the others and user blocks none); ``longssm.models.build_model`` calls ``resolve_scan`` once per
+``("mamba_ssm",)``, the delta-rule and GLA mixers ``("fla",)``, the others and user blocks none); ``longssm.models.build_model`` calls ``resolve_scan`` once per
 block when it builds the model, and ``longssm.models.set_scan`` again after the model moves or ``model.scan``
 changes. The blocks only read the stored choice: nothing here runs during a forward pass.
 """
@@ -23,15 +25,15 @@ from typing import Literal
 import torch
 
 from ..errors import UserError, first_line
-from . import ssd_mamba_ssm
+from . import fla_kernels, ssd_mamba_ssm
 
 __all__ = ["SCANS", "SELF_CHECK_TOL", "ScanImpl", "mamba_ssm_unavailable", "resolve_scan", "triton_interpreted",
            "triton_self_check"]
 
-ScanImpl = Literal["chunked", "reference", "triton", "mamba_ssm"]
+ScanImpl = Literal["chunked", "reference", "triton", "mamba_ssm", "fla"]
 """What ``resolve_scan`` gives: the implementation a block runs."""
 
-SCANS = ("auto", "chunked", "reference", "triton", "mamba_ssm")
+SCANS = ("auto", "chunked", "reference", "triton", "mamba_ssm", "fla")
 """The values of ``model.scan``."""
 
 
@@ -47,12 +49,15 @@ def resolve_scan(
     when ``TRITON_INTERPRET=1`` was set before they were built (Triton's interpreter: slow, for tests).
 
     ``auto`` is the best available: ``chunked`` on the CPU (interpreter or not) and for float64 models (``dtype``:
-    both kernels compute in float32). On CUDA, Mamba-1 gets ``triton`` when triton is installed and
+    the kernels compute in float32). On CUDA, Mamba-1 gets ``triton`` when triton is installed and
     ``triton_self_check`` passes on ``device`` (run once per device and process; a failure warns once, naming the
-    reason, and gives ``chunked``); Mamba-2 gets ``mamba_ssm`` when the package imports, else ``chunked``.
+    reason, and gives ``chunked``); Mamba-2 gets ``mamba_ssm`` when the package imports, else ``chunked``; the
+    delta-rule and GLA families get ``fla`` when fla-core imports and ``fla_kernels.self_check`` passes (once per
+    device, a failure warns once), else ``chunked``. ``fla`` refuses the CPU even under the interpreter (fla 0.6's
+    autotuner needs a GPU driver).
     """
     if scan not in SCANS:
-        raise UserError(f"model.scan must be auto, chunked, reference, triton or mamba_ssm; got {scan!r}")
+        raise UserError(f"model.scan must be auto, chunked, reference, triton, mamba_ssm or fla; got {scan!r}")
     if scan in ("chunked", "reference"):
         return scan
     if scan == "auto":
@@ -62,9 +67,19 @@ def resolve_scan(
             return "triton"
         if "mamba_ssm" in kernels and mamba_ssm_unavailable() is None:
             return "mamba_ssm"
+        if "fla" in kernels and _fla_passes_self_check(device):
+            return "fla"
         return "chunked"
     if scan not in kernels:
         return "chunked"
+    if scan == "fla":
+        if device.type != "cuda":  # checked first: importing fla on a CPU machine only prints its warnings
+            raise UserError(f"model.scan fla runs on CUDA devices (fla's kernels do not run under Triton's "
+                            f"interpreter); the model is on {device.type}: use model.scan chunked")
+        reason = fla_kernels.fla_unavailable()
+        if reason is not None:
+            raise UserError(f"model.scan fla needs the fla-core package (pip install longssm[fla]): {reason}")
+        return scan
     if scan == "triton":
         try:
             from . import selective_scan_triton
@@ -153,5 +168,17 @@ def _triton_passes_self_check(device: torch.device) -> bool:
     reason = triton_self_check(device)
     if reason is not None:
         warnings.warn(f"model.scan auto: the Triton scan failed its self-check on {device} ({reason}); "
+                      "using chunked", RuntimeWarning, stacklevel=2)
+    return reason is None
+
+
+@functools.cache
+def _fla_passes_self_check(device: torch.device) -> bool:
+    """``fla_kernels.self_check`` once per device: False without fla (silently) or after a failure (one warning)."""
+    if fla_kernels.fla_unavailable() is not None:
+        return False
+    reason = fla_kernels.self_check(device)
+    if reason is not None:
+        warnings.warn(f"model.scan auto: fla's kernels failed their self-check on {device} ({reason}); "
                       "using chunked", RuntimeWarning, stacklevel=2)
     return reason is None

@@ -1,0 +1,92 @@
+"""What the linear-attention mixers share (DeltaNet, Gated DeltaNet, GLA): the head sizes, the q / k / v
+projections with their short causal convolutions, and the gated per-head output norm and projection.
+
+References
+    [1] fla-org/flash-linear-attention 0.6, ``fla/layers/{delta_net,gated_deltanet,gla}.py``: the parameter names
+        used here (``q_proj``, ``q_conv1d``, ``g_proj``, ``o_norm``, ``o_proj``, ...) are theirs.
+
+Glossary
+    b  batch   l  length   d  d_model   h  heads (model.n_heads)   K, V  key and value size per head
+    k_conv     d_conv, the width of the short convolutions (model.short_conv)
+
+    q, k, v = act(conv_q(q_proj x)), act(conv_k(k_proj x)), act(conv_v(v_proj x))    (b, l, h, K / V)
+    out     = o_proj(RMSNorm_V(o) ⊙ silu(g_proj x))          (model.output_gate false: o_proj(RMSNorm_V(o)))
+Convolution states (with model.short_conv): "conv_q", "conv_k" (b, h K, k_conv - 1), "conv_v" (b, h V, k_conv - 1),
+the last k_conv - 1 inputs of each convolution, oldest first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from ..errors import UserError
+from .layers import CausalDepthwiseConv1d, HeadRMSNorm
+
+
+def head_sizes(config: ModelConfig) -> tuple[int, int, int]:
+    """(h, K, V): ``model.n_heads`` (null: d_model / head_dim, which must divide), ``model.head_dim``,
+    ``model.v_head_dim`` (null: head_dim). ``UserError`` naming the keys otherwise."""
+    if config.n_heads is None:
+        if config.d_model % config.head_dim:
+            raise UserError(f"model.head_dim must divide model.d_model = {config.d_model} (or set model.n_heads); "
+                            f"got {config.head_dim}")
+        heads = config.d_model // config.head_dim
+    else:
+        heads = config.n_heads
+    return heads, config.head_dim, config.v_head_dim or config.head_dim
+
+
+class LinearAttentionMixer(nn.Module):
+    """The projections in and out of a linear-attention mixer; subclasses add their gates and the recurrence.
+
+    ``activation`` is applied to q, k and v after their convolutions (SiLU for the delta rule, none for GLA,
+    whose fla convolutions apply SiLU themselves: ``conv_activation``).
+    """
+
+    def __init__(self, config: ModelConfig, key_activation: Callable[[Tensor], Tensor] | None,
+                 conv_activation: Callable[[Tensor], Tensor] | None) -> None:
+        super().__init__()
+        d = config.d_model
+        self.n_heads, self.head_k_dim, self.head_v_dim = h, dk, dv = head_sizes(config)
+        self.chunk_size = config.chunk_size
+        self.key_activation, self.conv_activation = key_activation, conv_activation
+        self.q_proj = nn.Linear(d, h * dk, bias=False)
+        self.k_proj = nn.Linear(d, h * dk, bias=False)
+        self.v_proj = nn.Linear(d, h * dv, bias=False)
+        self.conv_dims = {"q": h * dk, "k": h * dk, "v": h * dv} if config.short_conv else {}
+        self.d_conv = config.d_conv
+        for name, dim in self.conv_dims.items():
+            setattr(self, f"{name}_conv1d", CausalDepthwiseConv1d(dim, config.d_conv, bias=False))
+        self.g_proj = nn.Linear(d, h * dv, bias=False) if config.output_gate else None
+        self.o_norm = HeadRMSNorm(dv, eps=config.norm_eps)
+        self.o_proj = nn.Linear(h * dv, d, bias=False)
+        with torch.no_grad():  # as Mamba-2 (and fla's prenorm rescaling): the output projection / sqrt(n_layers)
+            self.o_proj.weight.div_(math.sqrt(config.n_layers))
+
+    def conv_state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """{"conv_q": (h K, k_conv - 1), "conv_k": ..., "conv_v": (h V, k_conv - 1)}; {} without short convs."""
+        return {f"conv_{name}": (dim, self.d_conv - 1) for name, dim in self.conv_dims.items()}
+
+    def project(self, x: Tensor, state: dict[str, Tensor]) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """x (b, l, d) -> [q, k (b, l, h, K), v (b, l, h, V)] and the new convolution states."""
+        out, conv_states = [], {}
+        for name in ("q", "k", "v"):
+            y = getattr(self, f"{name}_proj")(x)
+            if self.conv_dims:
+                y, conv_states[f"conv_{name}"] = getattr(self, f"{name}_conv1d")(y, state[f"conv_{name}"])
+                if self.conv_activation is not None:
+                    y = self.conv_activation(y)
+            if self.key_activation is not None:
+                y = self.key_activation(y)
+            out.append(y.unflatten(-1, (self.n_heads, -1)))
+        return out, conv_states
+
+    def output(self, o: Tensor, x: Tensor) -> Tensor:
+        """The recurrence's output o (b, l, h, V) and the block input x (b, l, d) -> the block output (b, l, d)."""
+        gate = None if self.g_proj is None else self.g_proj(x).unflatten(-1, (self.n_heads, -1))
+        return self.o_proj(self.o_norm(o.to(x.dtype), gate).flatten(-2))
