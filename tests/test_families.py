@@ -53,7 +53,7 @@ def test_the_scan_is_chosen_when_the_model_is_built_and_again_by_set_scan(family
     assert chosen() == {"reference"}
     assert set_scan(model) is model and chosen() == {"chunked"}
     assert set_scan(model, "reference") is model and chosen() == {"reference"} and model.config.scan == "reference"
-    with pytest.raises(UserError, match=r"model\.scan must be auto, chunked, reference, triton or mamba_ssm"):
+    with pytest.raises(UserError, match=r"model\.scan must be auto, chunked, reference, triton, mamba_ssm or fla"):
         set_scan(model, "cuda")
     assert model.config.scan == "reference" and chosen() == {"reference"}  # a refused scan leaves the model as is
 

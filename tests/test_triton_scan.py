@@ -135,7 +135,7 @@ def test_resolve_scan(monkeypatch):
     assert resolve_scan("auto", cuda, kernels=("triton",), dtype=torch.float64) == "chunked"  # the kernel is fp32
     assert resolve_scan("auto", cuda) == "chunked"
     assert resolve_scan("reference", cuda, kernels=("triton",)) == "reference"
-    with pytest.raises(UserError, match="auto, chunked, reference, triton or mamba_ssm"):
+    with pytest.raises(UserError, match="auto, chunked, reference, triton, mamba_ssm or fla"):
         resolve_scan("cuda", cpu)
     monkeypatch.setattr(sst, "INTERPRETED", False)
     with pytest.raises(UserError, match="runs on CUDA"):

@@ -140,7 +140,8 @@ class ModelConfig(Checked):
     SECTION: typing.ClassVar[str] = "model"
 
     family: str = "mamba"
-    """Model family: mamba, mamba2, s5, gru, lstm, a name given to longssm.register_family, or module:BlockClass."""
+    """Model family: mamba, mamba2, s5, gru, lstm, deltanet, gated_deltanet, gla, a name given to
+    longssm.register_family, or module:BlockClass."""
     vocab_size: int | None = spec(None, ge=2)
     """Vocabulary size V; null = taken from the tokenizer."""
     d_model: int = spec(128, ge=1)

@@ -69,6 +69,7 @@ class DeltaNetMixer(LinearAttentionMixer):
             self.A_log = nn.Parameter(torch.empty(h))
             self.dt_bias = nn.Parameter(torch.empty(h))
             self.reset_decay_parameters(config.dt_min, config.dt_max)
+        self.init_like_fla(config.n_layers)
 
     @torch.no_grad()
     def reset_decay_parameters(self, dt_min: float, dt_max: float, dt_floor: float = 1e-4) -> None:

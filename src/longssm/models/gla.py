@@ -58,6 +58,7 @@ class GLAMixer(LinearAttentionMixer):
         d, h, dk = config.d_model, self.n_heads, self.head_k_dim
         self.gk_proj = nn.Sequential(nn.Linear(d, config.gate_rank, bias=False),
                                      nn.Linear(config.gate_rank, h * dk, bias=True))
+        self.init_like_fla(config.n_layers)
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         """conv_q, conv_k (h K, k_conv - 1), conv_v (h V, k_conv - 1) (with model.short_conv); kv (h, K, V)."""

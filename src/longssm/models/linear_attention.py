@@ -65,8 +65,19 @@ class LinearAttentionMixer(nn.Module):
         self.g_proj = nn.Linear(d, h * dv, bias=False) if config.output_gate else None
         self.o_norm = HeadRMSNorm(dv, eps=config.norm_eps)
         self.o_proj = nn.Linear(h * dv, d, bias=False)
-        with torch.no_grad():  # as Mamba-2 (and fla's prenorm rescaling): the output projection / sqrt(n_layers)
-            self.o_proj.weight.div_(math.sqrt(config.n_layers))
+
+    @torch.no_grad()
+    def init_like_fla(self, n_layers: int, std: float = 0.02) -> None:
+        """[1]'s ``_init_weights``: every linear and convolution weight N(0, std²), biases 0, and the output
+        projection divided by sqrt(2 n_layers) (its prenorm-residual rescaling: two residual sublayers per block).
+        Subclasses call it last, after adding their own projections; their decay parameters keep their own init.
+        (PyTorch's default uniform init of the short convolutions kept tiny models from learning in a few steps.)"""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv1d)):
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        self.o_proj.weight.div_(math.sqrt(2 * n_layers))
 
     def conv_state_shapes(self) -> dict[str, tuple[int, ...]]:
         """{"conv_q": (h K, k_conv - 1), "conv_k": ..., "conv_v": (h V, k_conv - 1)}; {} without short convs."""

@@ -131,10 +131,12 @@ def _chunks(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor, state: Ten
     w, u_tilde, scores, q_decayed, k_decayed = _chunk_terms(q, k, v, beta, gamma, scale)
     chunk_decay = gamma[..., -1].exp()                                         # e^{γ_C} (b, h, c)
     outs = []
-    for c in range(q.shape[2]):
-        u = u_tilde[:, :, c] - w[:, :, c] @ state                             # U = Ũ - W S_0   (b, h, C, V)
-        outs.append(q_decayed[:, :, c] @ state + scores[:, :, c] @ u)
-        state = chunk_decay[:, :, c, None, None] * state + k_decayed[:, :, c].transpose(-1, -2) @ u
+    # unbind, not [:, :, c]: the backward of an index builds a zero tensor of the whole input per chunk
+    for u_c, w_c, q_c, p_c, a_c, k_c in zip(*(t.unbind(2) for t in (u_tilde, w, q_decayed, scores, chunk_decay,
+                                                                    k_decayed))):
+        u = u_c - w_c @ state                                                  # U = Ũ - W S_0   (b, h, C, V)
+        outs.append(q_c @ state + p_c @ u)
+        state = a_c[..., None, None] * state + k_c.transpose(-1, -2) @ u
     return torch.stack(outs, dim=2), state
 
 

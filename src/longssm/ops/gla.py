@@ -41,7 +41,7 @@ from torch import Tensor
 EVAL_BLOCK_CHUNKS = 16
 """Chunks per block without gradients (constant forward memory in the sequence length)."""
 
-SUB_CHUNK = 16
+SUB_CHUNK = 8
 """Length of the secondary chunks ([1] Sec. 4.3); a chunk that is not a multiple of it is one sub-chunk."""
 
 
@@ -117,9 +117,10 @@ def _chunks(q: Tensor, k: Tensor, v: Tensor, g: Tensor, state: Tensor, scale: fl
     chunk_decay = gamma[..., -1, :].exp()                                     # (b, h, c, K)
     kv = k_decayed.transpose(-1, -2) @ v                                      # (b, h, c, K, V)
     outs = []
-    for c in range(q.shape[2]):
-        outs.append(intra[:, :, c] + q_decayed[:, :, c] @ state)
-        state = chunk_decay[:, :, c, :, None] * state + kv[:, :, c]
+    # unbind, not [:, :, c]: the backward of an index builds a zero tensor of the whole input per chunk
+    for intra_c, q_c, a_c, kv_c in zip(*(t.unbind(2) for t in (intra, q_decayed, chunk_decay, kv))):
+        outs.append(intra_c + q_c @ state)
+        state = a_c[..., None] * state + kv_c
     return torch.stack(outs, dim=2), state
 
 
