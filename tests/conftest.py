@@ -151,3 +151,23 @@ class ForkedCli:
     def close(self) -> None:
         self.server.stdin.close()
         self.server.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def fla_ops():
+    """fla's package (``fla-core`` / ``flash-linear-attention``), imported with transformers' auto registries kept as
+    they were: importing fla registers its own classes under model types such as "mamba", which would change what
+    ``AutoModelForCausalLM`` builds for the other tests of the same worker. Skips when fla is not installed."""
+    import warnings
+
+    auto_config = pytest.importorskip("transformers.models.auto.configuration_auto")
+    auto_model = pytest.importorskip("transformers.models.auto.modeling_auto")
+    mappings = [auto_config.CONFIG_MAPPING, auto_model.MODEL_MAPPING, auto_model.MODEL_FOR_CAUSAL_LM_MAPPING]
+    saved = [dict(m._extra_content) for m in mappings]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Triton is not supported on current platform")
+        fla = pytest.importorskip("fla")
+    yield fla
+    for mapping, content in zip(mappings, saved):
+        mapping._extra_content.clear()
+        mapping._extra_content.update(content)

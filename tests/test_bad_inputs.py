@@ -19,6 +19,7 @@ import pytest
 
 import bad_cases_config
 import bad_cases_corpus
+import bad_cases_families
 import bad_cases_os
 import bad_cases_outputs
 import bad_cases_runs
@@ -224,7 +225,7 @@ NEW_COMMAND_CASES: dict[str, list[Case]] = {
                                                          "--out", i.path("cal")], "nope.txt", 2)],
 }
 CASES += [case for command, cases in NEW_COMMAND_CASES.items() if command in COMMANDS for case in cases]
-EXTRA = (bad_cases_os, bad_cases_config, bad_cases_outputs, bad_cases_runs, bad_cases_corpus)
+EXTRA = (bad_cases_os, bad_cases_config, bad_cases_outputs, bad_cases_runs, bad_cases_corpus, bad_cases_families)
 """The cases of issue 20, one module per topic: safe runs, output paths, config values, operating-system errors."""
 CASES += [case for module in EXTRA for case in module.CASES]
 

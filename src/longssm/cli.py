@@ -301,7 +301,8 @@ def lm_eval(run: str, tasks: list[str], include_path: str | None = None, limit: 
 
 
 def import_checkpoint(path: str, out: str, tokenizer: str | None = None) -> None:
-    """Import a Hugging Face (Mamba, Mamba2) or original mamba_ssm checkpoint directory as a longssm run directory.
+    """Import a Hugging Face (Mamba, Mamba2), fla (GatedDeltaNet, DeltaNet, GLA) or original mamba_ssm checkpoint
+    directory as a longssm run directory.
 
     Args:
         path: Directory with config.json and model.safetensors / pytorch_model.bin (or their .index.json shards).
@@ -314,7 +315,8 @@ def import_checkpoint(path: str, out: str, tokenizer: str | None = None) -> None
 
 
 def export(run: str, out: str, format: Literal["hf"] = "hf") -> None:
-    """Export a run or checkpoint (mamba, mamba2) as a directory that transformers' from_pretrained loads.
+    """Export a run or checkpoint (mamba, mamba2; gated_deltanet, deltanet, gla with an MLP, as fla's classes) as a
+    directory that transformers' from_pretrained loads (fla's models after `import fla`).
 
     Args:
         run: Run directory or checkpoint directory.

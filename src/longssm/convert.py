@@ -1,10 +1,16 @@
 """Other programs' checkpoints in and out: ``longssm import`` and ``longssm export``.
 
-Import reads a Hugging Face or mamba_ssm directory (``pretrained.read_pretrained``, which also serves
-``train --init-from``: what is read, and what is refused) and writes a longssm run directory.
+Import reads a Hugging Face (mamba, mamba2), fla (gated_deltanet, delta_net, gla) or mamba_ssm directory
+(``pretrained.read_pretrained``, which also serves ``train --init-from``: what is read, and what is refused) and
+writes a longssm run directory.
 
 Directory written (``export_hf``): ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json``), as
-``save_pretrained`` writes them, so ``transformers``' ``from_pretrained`` loads it and its logits equal ours.
+``save_pretrained`` writes them, so ``from_pretrained`` loads it and its logits equal ours:
+    mamba, mamba2                   transformers' ``MambaForCausalLM`` / ``Mamba2ForCausalLM``
+    gated_deltanet, deltanet, gla   fla's ``GatedDeltaNetForCausalLM`` / ``DeltaNetForCausalLM`` /
+                                    ``GLAForCausalLM`` (``import fla`` registers them with transformers' Auto
+                                    classes); only runs with the MLP sublayer (model.mlp_expand > 0), as fla's
+                                    models always have one, and GLA with model.gate_rank 16
 """
 
 from __future__ import annotations
@@ -23,10 +29,20 @@ from .errors import UserError
 from .files import atomic_dir
 from .models import build_model
 from .models.hf_adapters import hf_adapter
+from .models.linear_attention import head_sizes
 from .models.lm import HEAD
 from .outputs import check_new_directory
 from .paths import resolve_path
-from .pretrained import HF_ARCHITECTURES, HF_FIELDS, HF_FIXED, read_pretrained
+from .pretrained import (
+    FLA_FIELDS,
+    FLA_FIXED,
+    FLA_TYPES,
+    GLA_GATE_RANK,
+    HF_ARCHITECTURES,
+    HF_FIELDS,
+    HF_FIXED,
+    read_pretrained,
+)
 
 
 def import_checkpoint(path: str | Path, out: str | Path, tokenizer: str | None = None) -> Path:
@@ -54,8 +70,12 @@ def import_checkpoint(path: str | Path, out: str | Path, tokenizer: str | None =
 def hf_config(model: ModelConfig) -> dict[str, Any]:
     """The ``config.json`` of the HF class that computes what ``model`` does (the inverse of
     ``pretrained.read_foreign_config``)."""
+    fla_types = {family: model_type for model_type, (family, _) in FLA_TYPES.items()}
+    if model.family in fla_types:
+        return _fla_config(model, fla_types[model.family])
     if model.family not in HF_FIELDS:
-        raise UserError(f"family {model.family!r} has no Hugging Face class (export: {', '.join(HF_FIELDS)})")
+        raise UserError(f"family {model.family!r} has no Hugging Face class (export: "
+                        f"{', '.join([*HF_FIELDS, *fla_types])})")
     scales = [s for s in (model.delta_scale, model.a_scale) if s is not None]
     if any(v != 1 for s in scales for v in s):
         raise UserError("this run has calibrated Δ / A scales, which the Hugging Face classes do not have; "
@@ -68,6 +88,32 @@ def hf_config(model: ModelConfig) -> dict[str, Any]:
         config["num_heads"] = model.d_inner // model.head_dim
     return {"model_type": model.family, "architectures": [HF_ARCHITECTURES[model.family]], **config, **HF_FIXED,
             "dtype": "float32"}
+
+
+def _fla_config(model: ModelConfig, model_type: str) -> dict[str, Any]:
+    """The ``config.json`` of fla's class ``FLA_TYPES[model_type]`` for ``model``; ``UserError`` for what fla's
+    models cannot express (no MLP sublayer, another GLA gate rank, head sizes its expand ratios cannot give)."""
+    if not model.mlp_expand:
+        raise UserError("fla's models always have an MLP sublayer; this run has none (model.mlp_expand 0), so it "
+                        "has no fla counterpart")
+    if model.family == "gla" and model.gate_rank != GLA_GATE_RANK:
+        raise UserError(f"fla's GLAConfig always builds gate_low_rank_dim {GLA_GATE_RANK}; this run has "
+                        f"model.gate_rank {model.gate_rank}")
+    heads, k, v = head_sizes(model)
+    d = model.d_model
+    if model_type == "gated_deltanet":
+        dims = {"head_dim": k, "num_heads": heads, "expand_v": v / k}
+        built = (k, int(k * dims["expand_v"]))  # as fla's GatedDeltaNet computes head_v_dim
+    else:
+        dims = {"num_heads": heads, "expand_k": heads * k / d, "expand_v": heads * v / d}
+        built = tuple(round(d * dims[key]) // heads for key in ("expand_k", "expand_v"))
+    if built != (k, v):
+        raise UserError(f"fla's expand ratios cannot express head sizes {k} x {v} with {heads} heads and "
+                        f"d_model {d}")
+    config = {fla_key: getattr(model, field) for fla_key, (field, _) in FLA_FIELDS[model_type].items()}
+    config |= dims | {"intermediate_size": round(model.mlp_expand * d), "fuse_norm": True}
+    return {"model_type": model_type, "architectures": [FLA_TYPES[model_type][1]], **config,
+            **FLA_FIXED[model_type], "dtype": "float32"}
 
 
 def export_hf(run: str | Path, out: str | Path) -> Path:

@@ -2,16 +2,22 @@
 
 Directories read (``read_pretrained``, used by ``longssm import`` and ``train --init-from``):
     Hugging Face   ``config.json`` with ``model_type`` mamba (``MambaForCausalLM``) or mamba2 (``Mamba2ForCausalLM``)
+    fla            ``config.json`` with ``model_type`` gated_deltanet (``GatedDeltaNetForCausalLM``), delta_net
+                   (``DeltaNetForCausalLM``) or gla (``GLAForCausalLM``), as flash-linear-attention's
+                   ``save_pretrained`` writes them: our families gated_deltanet, deltanet, gla, always with the MLP
+                   sublayer (``model.mlp_expand`` = intermediate_size / hidden_size)
     mamba_ssm      ``config.json`` with ``d_model``, ``n_layer``, ``vocab_size``, ``ssm_cfg`` (``"layer": "Mamba2"``
                    for Mamba-2), ``pad_vocab_size_multiple``: the vocabulary is padded up to that multiple
     longssm        a run or checkpoint directory
-and the weights of the first two from ``model.safetensors`` or ``pytorch_model.bin``, or from the shards their
+and the weights of the first three from ``model.safetensors`` or ``pytorch_model.bin``, or from the shards their
 ``.index.json`` lists. A ``.bin`` is read with ``torch.load(weights_only=True)`` only: tensors and nothing else.
-Key names go through ``models/hf_adapters.py`` (``backbone.embedding`` -> ``backbone.embeddings``, a missing tied
-head); this module translates configs and reads files.
+Key names go through ``models/hf_adapters.py`` (``backbone.embedding`` -> ``backbone.embeddings``, fla's
+``model.layers.{i}.attn.*`` -> ``backbone.layers.{i}.mixer.*``, a missing tied head); this module translates configs
+and reads files.
 
 A config key our blocks do not implement (biases in the projections, a LayerNorm, MLP or attention layers, a clamped
-Δ, ...) is refused with a ``UserError`` naming it, never ignored: the imported model computes what the original does.
+Δ, fla's negative eigenvalues, grouped value / key heads, hybrid attention layers, ...) is refused with a
+``UserError`` naming it, never ignored: the imported model computes what the original does.
 """
 
 from __future__ import annotations
@@ -56,6 +62,44 @@ HF_FIELDS: dict[str, dict[str, tuple[str, Any]]] = {
 HF_FIXED = {"use_bias": False, "use_conv_bias": True, "hidden_act": "silu"}
 """HF config values our blocks implement; any other value of these keys is refused."""
 HF_ARCHITECTURES = {"mamba": "MambaForCausalLM", "mamba2": "Mamba2ForCausalLM"}
+
+FLA_TYPES = {  # fla's model_type -> (our family, fla's class)
+    "gated_deltanet": ("gated_deltanet", "GatedDeltaNetForCausalLM"),
+    "delta_net": ("deltanet", "DeltaNetForCausalLM"),
+    "gla": ("gla", "GLAForCausalLM"),
+}
+_FLA_COMMON = {"vocab_size": ("vocab_size", 32000), "hidden_size": ("d_model", 2048), "conv_size": ("d_conv", 4),
+               "norm_eps": ("norm_eps", 1e-6), "tie_word_embeddings": ("tie_embeddings", False)}
+# fla's config key -> (our ModelConfig field, the default of fla's config class); the head sizes and the MLP width
+# are derived (``_fla_head_sizes``, ``fla_mlp_width``)
+FLA_FIELDS: dict[str, dict[str, tuple[str, Any]]] = {
+    "gated_deltanet": {**_FLA_COMMON, "num_hidden_layers": ("n_layers", 21), "use_short_conv": ("short_conv", True),
+                       "use_gate": ("output_gate", True)},
+    "delta_net": {**_FLA_COMMON, "num_hidden_layers": ("n_layers", 24), "use_short_conv": ("short_conv", True),
+                  "use_gate": ("output_gate", False)},
+    "gla": {**_FLA_COMMON, "num_hidden_layers": ("n_layers", 24), "use_short_conv": ("short_conv", False),
+            "use_output_gate": ("output_gate", True)},
+}
+FLA_HEAD_DEFAULTS = {  # defaults of fla's config classes for the keys the head sizes come from
+    "gated_deltanet": {"head_dim": 256, "num_heads": 6, "expand_v": 2.0},
+    "delta_net": {"num_heads": 16, "expand_k": 1.0, "expand_v": 1.0},
+    "gla": {"num_heads": 4, "expand_k": 0.5, "expand_v": 1.0},
+}
+_FLA_FIXED_COMMON = {"hidden_act": "swish", "attn": None, "attnres_block_size": None}
+FLA_FIXED: dict[str, dict[str, Any]] = {
+    # fla config values our blocks implement (written by export); any other value of these keys is refused
+    "gated_deltanet": {**_FLA_FIXED_COMMON, "allow_neg_eigval": False, "num_v_heads": None,
+                       "output_gate_activation": "swish"},
+    "delta_net": {**_FLA_FIXED_COMMON, "allow_neg_eigval": False, "use_beta": True, "qk_activation": "silu",
+                  "qk_norm": "l2", "use_output_norm": True},
+    "gla": {**_FLA_FIXED_COMMON, "num_kv_heads": None, "feature_map": None, "clamp_min": None,
+            "elementwise_affine": True, "use_gk": True, "use_gv": False},
+}
+FLA_LAYER_FIXED = {"conv_bias": False, "gate_logit_normalizer": 16, "gate_low_rank_dim": 16}
+"""Arguments of fla's layers that its config classes never pass on (so fla always builds these values); a config that
+states another value is refused rather than silently built differently."""
+GLA_GATE_RANK = 16
+"""fla's ``GLAConfig`` always builds ``gate_low_rank_dim`` 16: our ``model.gate_rank``."""
 
 MAMBA_SSM_FIELDS = {  # mamba_ssm.models.config_mamba.MambaConfig; vocab_size is padded separately
     "d_model": ("d_model", 2560), "n_layer": ("n_layers", 64), "norm_epsilon": ("norm_eps", 1e-5),
@@ -134,9 +178,12 @@ def read_foreign_config(path: Path) -> tuple[ModelConfig, str]:
 
 def _hf_model_config(raw: dict[str, Any], path: Path) -> ModelConfig:
     family = raw["model_type"]
+    if family in FLA_TYPES:
+        return _fla_model_config(raw, path)
     if family not in HF_FIELDS:
+        readable = {**HF_ARCHITECTURES, **{t: a for t, (_, a) in FLA_TYPES.items()}}
         raise UserError(f"{path}: model_type {family!r} is not supported (import reads "
-                        + ", ".join(f"{t} ({a})" for t, a in HF_ARCHITECTURES.items()) + ")")
+                        + ", ".join(f"{t} ({a})" for t, a in readable.items()) + ")")
     fields = _translate(raw, HF_FIELDS[family], HF_FIXED, path)
     inner = fields["expand"] * fields["d_model"]
     if family == "mamba" and raw.get("intermediate_size", inner) != inner:
@@ -150,6 +197,86 @@ def _hf_model_config(raw: dict[str, Any], path: Path) -> ModelConfig:
         if limit != [0.0, math.inf]:
             raise UserError(f"{path}: time_step_limit {raw['time_step_limit']} is not supported (Δ is not clamped)")
     return ModelConfig(family=family, **fields)
+
+
+def _fla_model_config(raw: dict[str, Any], path: Path) -> ModelConfig:
+    """An fla ``config.json`` (``model_type`` in ``FLA_TYPES``) -> our model config; every value of ``FLA_FIXED``,
+    ``FLA_LAYER_FIXED`` other than ours is refused, as are head and MLP sizes that fla itself could not build."""
+    model_type = raw["model_type"]
+    family = FLA_TYPES[model_type][0]
+    raw = dict(raw)
+    heads = raw.get("num_heads", FLA_HEAD_DEFAULTS[model_type]["num_heads"])
+    for key in ("num_v_heads", "num_kv_heads"):  # as many value / key heads as heads: no grouping (our None)
+        if raw.get(key) is not None and raw[key] == heads:
+            raw[key] = None
+    if raw.get("output_gate_activation") == "silu":  # fla's alias of swish
+        raw["output_gate_activation"] = "swish"
+    _translate(raw, {}, FLA_LAYER_FIXED, path)
+    fields = _translate(raw, FLA_FIELDS[model_type], FLA_FIXED[model_type], path)
+    for key, (field, _) in FLA_FIELDS[model_type].items():
+        value, flag = fields[field], field in ("short_conv", "output_gate", "tie_embeddings")
+        kind = (int, float) if field == "norm_eps" else int
+        number = isinstance(value, kind) and not isinstance(value, bool) and value > 0
+        if not (isinstance(value, bool) if flag else number):
+            raise UserError(f"{path}: {key} must be {'true or false' if flag else 'a positive number'}; got {value!r}")
+    d = fields["d_model"]
+    width = fla_mlp_width(raw, d, path)
+    mlp_expand = width / d
+    if round(mlp_expand * d) != width:  # never seen: a ratio of two ints times the divisor rounds back
+        raise UserError(f"{path}: intermediate_size {width} / hidden_size {d} does not round-trip as a float")
+    extra = {"gate_rank": GLA_GATE_RANK} if family == "gla" else {}
+    return ModelConfig(family=family, **fields, **_fla_head_sizes(raw, model_type, d, path), mlp_expand=mlp_expand,
+                       **extra)
+
+
+def _fla_number(raw: Mapping[str, Any], model_type: str, key: str, path: Path) -> float:
+    """``raw[key]`` (default: fla's, ``FLA_HEAD_DEFAULTS``), which must be a positive number."""
+    value = raw.get(key, FLA_HEAD_DEFAULTS[model_type].get(key))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise UserError(f"{path}: {key} must be a positive number; got {value!r}")
+    return value
+
+
+def _fla_head_sizes(raw: Mapping[str, Any], model_type: str, d: int, path: Path) -> dict[str, int]:
+    """Our ``head_dim`` (K), ``n_heads`` and ``v_head_dim`` (V), computed as fla's layers do: Gated DeltaNet
+    K = head_dim, V = int(head_dim * expand_v); DeltaNet and GLA K = round(hidden_size * expand_k) / num_heads and
+    V likewise with expand_v. Sizes fla's layers refuse (not integers, not divisible) are refused, naming the key."""
+    heads = _fla_number(raw, model_type, "num_heads", path)
+    if not isinstance(heads, int):
+        raise UserError(f"{path}: num_heads must be an integer; got {heads!r}")
+    if model_type == "gated_deltanet":
+        k, expand_v = _fla_number(raw, model_type, "head_dim", path), _fla_number(raw, model_type, "expand_v", path)
+        if not isinstance(k, int):
+            raise UserError(f"{path}: head_dim must be an integer; got {k!r}")
+        v = int(k * expand_v)
+        if v < 1 or not math.isclose(k * expand_v, v, rel_tol=1e-5):
+            raise UserError(f"{path}: expand_v={expand_v!r} gives head_dim * expand_v = {k * expand_v}, "
+                            "not a positive integer")
+        return {"head_dim": k, "n_heads": heads, "v_head_dim": v}
+    sizes = []
+    for key in ("expand_k", "expand_v"):
+        expand = _fla_number(raw, model_type, key, path)
+        total = d * expand
+        if not math.isclose(total, round(total)) or round(total) % heads or round(total) < heads:
+            raise UserError(f"{path}: {key}={expand!r} gives hidden_size * {key} = {total}, "
+                            f"not a positive multiple of num_heads = {heads}")
+        sizes.append(round(total) // heads)
+    return {"head_dim": sizes[0], "n_heads": heads, "v_head_dim": sizes[1]}
+
+
+def fla_mlp_width(raw: Mapping[str, Any], d: int, path: Path) -> int:
+    """The hidden width of fla's ``GatedMLP``: ``intermediate_size``, or when null int(hidden_size * hidden_ratio *
+    2/3) rounded up to a multiple of 256 (hidden_ratio null: 4)."""
+    width = raw.get("intermediate_size")
+    if width is None:
+        ratio = raw.get("hidden_ratio", 4)
+        ratio = 4 if ratio is None else ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0:
+            raise UserError(f"{path}: hidden_ratio must be a positive number; got {ratio!r}")
+        width = 256 * ((int(d * ratio * 2 / 3) + 255) // 256)
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise UserError(f"{path}: intermediate_size must be a positive integer; got {width!r}")
+    return width
 
 
 def _mamba_ssm_model_config(raw: dict[str, Any], path: Path) -> ModelConfig:
