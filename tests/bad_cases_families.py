@@ -13,11 +13,13 @@ def family(i, name: str, *extra: str) -> list[str]:
 
 
 CASES: list[tuple[str, object, str, int]] = [
-    ("gated_deltanet: head_dim does not divide d_model", lambda i: family(i, "gated_deltanet", "--model.head_dim", "5"),
+    ("gated_deltanet: head_dim does not divide d_model",
+     lambda i: family(i, "gated_deltanet", "--model.head_dim", "5"),
      "model.head_dim must divide model.d_model = 16 (or set model.n_heads); got 5", 2),
     ("gla: head_dim does not divide d_model", lambda i: family(i, "gla", "--model.head_dim", "3"),
      "model.head_dim must divide model.d_model = 16", 2),
-    ("deltanet: model.scan fla on the CPU", lambda i: family(i, "deltanet", "--model.head_dim", "8", "--model.scan", "fla"),
+    ("deltanet: model.scan fla on the CPU",
+     lambda i: family(i, "deltanet", "--model.head_dim", "8", "--model.scan", "fla"),
      "model.scan fla runs on CUDA devices", 2),
     ("gla: model.scan fla on the CPU", lambda i: family(i, "gla", "--model.head_dim", "8", "--model.scan", "fla"),
      "model.scan fla runs on CUDA devices", 2),

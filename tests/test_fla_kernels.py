@@ -112,7 +112,7 @@ def test_a_model_on_fla_kernels_equals_the_chunked_model(fake_fla, family):
 
 def test_float64_and_empty_inputs(fake_fla):
     q = torch.randn(1, 3, 2, 4, dtype=torch.float64)
-    with pytest.raises(UserError, match="model.scan fla computes in float32"):
+    with pytest.raises(UserError, match=r"model\.scan fla computes in float32"):
         fla_kernels.fla_gla(q, q, q, -q.abs())
     state = torch.randn(1, 2, 4, 4)
     o, s = fla_kernels.fla_delta_rule(q[:, :0].float(), q[:, :0].float(), q[:, :0].float(), q[:, :0, :, 0].float(),
@@ -131,7 +131,7 @@ def test_self_check_passes_with_the_right_call_and_names_what_is_off(fake_fla, m
 
 def test_scan_fla_needs_cuda_and_the_package(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    with pytest.raises(UserError, match="model.scan fla runs on CUDA devices .* use model.scan chunked"):
+    with pytest.raises(UserError, match=r"model\.scan fla runs on CUDA devices .* use model\.scan chunked"):
         dispatch.resolve_scan("fla", cpu, ("fla",))
     monkeypatch.setattr(fla_kernels, "fla_unavailable", lambda: "ModuleNotFoundError: No module named 'fla'")
     with pytest.raises(UserError, match=r"needs the fla-core package \(pip install longssm\[fla\]\): ModuleNotFound"):

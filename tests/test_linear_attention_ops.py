@@ -97,7 +97,7 @@ def test_chunked_with_carried_state_equals_the_whole_sequence(name):
 
 def test_forward_only_blocks_equal_the_graph_path():
     """Without gradients the chunks go EVAL_BLOCK_CHUNKS at a time (constant memory); the result is the same."""
-    for name, (_, chunked, gate) in OPS.items():
+    for _, chunked, gate in OPS.values():
         leaves = inputs(16 * 40 + 3, gate=gate)
         with torch.no_grad():
             o1, s1 = chunked(**leaves, scale=0.7, chunk_size=16)
@@ -107,7 +107,7 @@ def test_forward_only_blocks_equal_the_graph_path():
 
 
 def test_zero_length_passes_the_state_through():
-    for name, (ref, chunked, gate) in OPS.items():
+    for ref, chunked, gate in OPS.values():
         leaves = inputs(0, gate=gate)
         for op in (ref, chunked):
             o, s = op(**leaves, scale=0.7)

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import UserError
-from .layers import RMSNorm
 from .delta_net import DeltaNetMixer, GatedDeltaNetMixer
 from .gla import GLAMixer
+from .layers import RMSNorm
 from .lm import NormFactory
 from .mamba import MambaMixer
 from .mamba2 import Mamba2Mixer

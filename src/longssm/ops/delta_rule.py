@@ -62,7 +62,8 @@ def _check(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None) -> t
     ):
         raise ValueError(
             f"delta rule: expected q = k (b,l,h,K), v (b,l,h,V), beta = g (b,l,h); got q {tuple(q.shape)}, "
-            f"k {tuple(k.shape)}, v {tuple(v.shape)}, beta {tuple(beta.shape)}, g {None if g is None else tuple(g.shape)}"
+            f"k {tuple(k.shape)}, v {tuple(v.shape)}, beta {tuple(beta.shape)}, "
+            f"g {None if g is None else tuple(g.shape)}"
         )
     return b, l, h, dk, dv
 

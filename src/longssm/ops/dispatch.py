@@ -9,7 +9,8 @@
     auto        the best of these that runs here
 
 A family declares the fast kernels it has (``fast_kernels`` of its block class: Mamba-1 ``("triton",)``, Mamba-2
-``("mamba_ssm",)``, the delta-rule and GLA mixers ``("fla",)``, the others and user blocks none); ``longssm.models.build_model`` calls ``resolve_scan`` once per
+``("mamba_ssm",)``, the delta-rule and GLA mixers
+``("fla",)``, the others and user blocks none); ``longssm.models.build_model`` calls ``resolve_scan`` once per
 block when it builds the model, and ``longssm.models.set_scan`` again after the model moves or ``model.scan``
 changes. The blocks only read the stored choice: nothing here runs during a forward pass.
 """

@@ -67,7 +67,7 @@ def gla_ref(
     q, k, g (b, l, h, K), v (b, l, h, V), initial_state (b, h, K, V) or None -> o (b, l, h, V),
     final_state (b, h, K, V). The oracle of ``gla_chunked`` and of fla's kernel; exact in float64.
     """
-    b, l, h, dk, dv = _check(q, k, v, g)
+    b, _, h, dk, dv = _check(q, k, v, g)
     dtype = _compute_dtype(v)
     state = v.new_zeros(b, h, dk, dv, dtype=dtype) if initial_state is None else initial_state.to(dtype)
     outs = []
