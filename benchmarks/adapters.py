@@ -70,11 +70,13 @@ def _stateless(model: nn.Module) -> Forward:
     return forward
 
 
-def build_longssm(vocab: int, dims: dict[str, int]) -> tuple[nn.Module, Forward]:
+def build_longssm(vocab: int, dims: dict[str, int], family: str = "mamba") -> tuple[nn.Module, Forward]:
+    """longssm's model of ``family`` with the sizes ``dims`` (the Mamba-1 keys; every family reads those it has:
+    Mamba-2 d_state and expand, the linear-attention families d_model / head_dim heads of 32 x 32)."""
     from longssm.config import ModelConfig
     from longssm.models import build_model
 
-    model = build_model(ModelConfig(family="mamba", vocab_size=vocab, **dims))
+    model = build_model(ModelConfig(family=family, vocab_size=vocab, **dims))
     return model, model
 
 

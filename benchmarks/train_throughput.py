@@ -10,8 +10,13 @@ model (adapters.py) at each window shape TxB (--shapes), for the byte (256) and 
     mambapy, transformers   every step starts from zeros (they take no initial state)
     floor                   (gpt2 only) the same step without the model body: the vocabulary projection alone
 
+    families                (byte only) longssm's other families at the same d_model and n_layers (--families):
+                            Mamba-2 (expand, d_state as Mamba-1's: state e*N per layer) and the linear-attention
+                            families with heads of 32 x 32 (d_model / 32 heads: the same state size)
+
 Prints one JSON object: train_tokens_per_s.<vocab>.T<T>.<impl> (null: peer not installed),
-ratios.train.<vocab>.T<T>."longssm/<impl>", notes, and details.train.<vocab>.T<T> (batch_size; per
+ratios.train.<vocab>.T<T>."longssm/<impl>", family_tokens_per_s.byte.T<T>.<family>,
+ratios.families.byte.T<T>."<family>/mamba2", notes, and details.train.<vocab>.T<T> (batch_size; per
 implementation tokens_per_s, ms_per_step, repeats = timed blocks, steps_per_run, params).
 """
 
@@ -28,6 +33,8 @@ import torch.nn.functional as F
 import adapters
 import common
 
+FAMILIES = ("mamba2", "deltanet", "gated_deltanet", "gla")
+"""The families of ``--families`` (default: all); Mamba-1 is the ``longssm`` row, Mamba-2 the reference of ratios."""
 FLOOR_VOCABS = ("gpt2",)
 """Vocabularies whose projection is large enough for the floor to matter."""
 NOTES = [
@@ -61,6 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="training windows TxB (window length x batch size)")
     parser.add_names("--vocabs", adapters.VOCABS, "vocabularies")
     parser.add_names("--peers", adapters.PEER_MODULES, "peers measured beside longssm")
+    parser.add_names("--families", FAMILIES, "longssm families measured beside its Mamba-1 (byte vocabulary)")
     return parser.parse_args(argv)
 
 
@@ -86,9 +94,13 @@ def make_step(model: torch.nn.Module, forward: adapters.Forward, vocab: int, T: 
 
 
 def train_rate(impl: str, vocab: int, T: int, B: int, args: argparse.Namespace) -> dict[str, Any]:
-    """{tokens_per_s, ms_per_step, repeats, steps_per_run, params} of ``impl``'s training step."""
+    """{tokens_per_s, ms_per_step, repeats, steps_per_run, params} of ``impl``'s training step (an implementation,
+    or ``family:<name>``: longssm's model of that family)."""
     torch.manual_seed(0)
-    model, forward = adapters.build(impl, vocab, common.model_dims(args))
+    if impl.startswith("family:"):
+        model, forward = adapters.build_longssm(vocab, common.model_dims(args), impl.partition(":")[2])
+    else:
+        model, forward = adapters.build(impl, vocab, common.model_dims(args))
     model.train()
     timing = common.time_call(make_step(model, forward, vocab, T, B), args.threads, args.min_run_time)
     return {"tokens_per_s": timing.rate(B * T), "ms_per_step": 1000 * timing.seconds, "repeats": timing.repeats,
@@ -112,8 +124,31 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             details.setdefault(vocab_name, {})[f"T{T}"] = {"batch_size": B,
                                                            **{i: r or "missing" for i, r in runs.items()}}
             common.progress(f"train {vocab_name} T={T} B={B} tokens/s", figures[vocab_name][f"T{T}"])
-    return {"train_tokens_per_s": figures, "ratios": {"train": ratios(figures)},
+    families = measure_families(args, details)
+    return {"train_tokens_per_s": figures, "family_tokens_per_s": families,
+            "ratios": {"train": ratios(figures), "families": family_ratios(families)},
             "notes": NOTES + adapters.notes(list(args.peers)), "details": {"train": details}}
+
+
+def measure_families(args: argparse.Namespace, details: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """{"byte": {"T<T>": {family: tokens/s}}} for ``--families`` (Mamba-1 is the ``longssm`` figure); each run's
+    details go under ``details[byte][T<T>]["family:<name>"]``."""
+    if not args.families or "byte" not in args.vocabs:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for T, B in args.shapes:
+        runs = {family: train_rate(f"family:{family}", adapters.VOCABS["byte"], T, B, args) for family in args.families}
+        out[f"T{T}"] = {family: run["tokens_per_s"] for family, run in runs.items()}
+        details["byte"][f"T{T}"].update({f"family:{family}": run for family, run in runs.items()})
+        common.progress(f"train byte T={T} B={B} families tokens/s", out[f"T{T}"])
+    return {"byte": out}
+
+
+def family_ratios(families: dict[str, Any]) -> dict[str, Any]:
+    """{"byte": {"T<T>": {"<family>/mamba2": tokens/s over Mamba-2's}}} (empty without Mamba-2 among them)."""
+    return {vocab: {key: {f"{f}/mamba2": common.ratio(fig[f], fig["mamba2"]) for f in fig if f != "mamba2"}
+                    for key, fig in per_T.items() if "mamba2" in fig}
+            for vocab, per_T in families.items()}
 
 
 def ratios(figures: dict[str, dict[str, dict[str, float | None]]]) -> dict[str, Any]:

@@ -79,11 +79,19 @@ def test_train_throughput_figures(runs):
             assert set(fig) == {"longssm", "mambapy", "transformers"} | ({"floor"} if vocab == "gpt2" else set())
             assert positive(fig["longssm"]) and all(v is None or positive(v) for v in fig.values())
             ran = {impl: d["params"] for impl, d in details[vocab][key].items() if isinstance(d, dict)}
-            assert len({p for impl, p in ran.items() if impl != "floor"}) == 1  # one model, every implementation
+            assert len({p for impl, p in ran.items() if impl != "floor" and not impl.startswith("family:")}) == 1
             ratios = result["ratios"]["train"][vocab][key]
             for impl, v in fig.items():
                 if impl != "longssm":
                     assert ratios[f"longssm/{impl}"] == (None if v is None else pytest.approx(fig["longssm"] / v))
+    families = result["family_tokens_per_s"]["byte"]
+    assert list(families) == ["T16", "T32"]
+    for key, fig in families.items():
+        assert set(fig) == {"mamba2", "deltanet", "gated_deltanet", "gla"} and all(positive(v) for v in fig.values())
+        assert all(f"family:{f}" in details["byte"][key] for f in fig)
+        for family, v in fig.items():
+            if family != "mamba2":
+                assert result["ratios"]["families"]["byte"][key][f"{family}/mamba2"] == pytest.approx(v / fig["mamba2"])
 
 
 @pytest.mark.slow
