@@ -27,7 +27,7 @@ def _check_layout(q, k, v, initial_state, scale, output_final_state, **flags):
     b, l, h, dk = q.shape
     assert k.shape == q.shape and v.shape[:3] == (b, l, h)
     for t in (q, k, v):
-        assert t.is_contiguous() and t.dtype == torch.float32
+        assert t.is_contiguous() and t.dtype in (torch.float32, torch.bfloat16) and t.dtype == v.dtype
     assert initial_state is None or (initial_state.shape == (b, h, dk, v.shape[-1])
                                      and initial_state.dtype == torch.float32 and initial_state.is_contiguous())
     assert isinstance(scale, float) and output_final_state is True
@@ -152,3 +152,20 @@ def test_auto_picks_fla_on_cuda_after_the_self_check(monkeypatch):
             assert dispatch.resolve_scan("auto", cuda, ("fla",), torch.float64) == "chunked"
         assert (reason is not None) == any("failed their self-check" in str(w.message) for w in caught)
     dispatch._fla_passes_self_check.cache_clear()
+
+
+def test_the_gpu_check_script_s_fla_section_runs_its_comparisons(fake_fla):
+    """benchmarks/gpu_check.py's comparisons, run on the CPU with the fakes: every error is small, and a kernel
+    that drops the initial state is caught."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import gpu_check
+
+    result = gpu_check.check(torch.device("cpu"), (2, 21, 2, 8, 4))
+    assert set(result) == {"chunk_delta_rule", "chunk_gated_delta_rule", "chunk_gla"}
+    assert all(r["ok"] for r in result.values()), result
+    assert set(result["chunk_gla"]["float32"]) == {"output", "final_state", "grad_q", "grad_k", "grad_v",
+                                                   "grad_initial_state", "grad_g"}
+    assert gpu_check.main(["--quick", "--device", "cpu"])["skipped"].startswith("no CUDA device")

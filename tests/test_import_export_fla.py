@@ -48,16 +48,16 @@ pytestmark = [
 TOKENS = torch.randint(0, 256, (2, 70), generator=torch.Generator().manual_seed(0))  # > one chunk of 64
 TINY = dict(vocab_size=256, hidden_size=32, num_hidden_layers=2)
 CLASSES = {"gated_deltanet": "GatedDeltaNet", "delta_net": "DeltaNet", "gla": "GLA"}
-CASES = {  # name -> (fla model_type, config arguments besides TINY, through the CLI in a child process)
-    "gdn": ("gated_deltanet", dict(head_dim=8, num_heads=4), True),  # fla's defaults: output gate, short conv, untied
+CASES = {  # name -> (fla model_type, config arguments besides TINY, CLI in a child process: "import", "both", "")
+    "gdn": ("gated_deltanet", dict(head_dim=8, num_heads=4), "both"),  # fla's defaults: output gate, short conv, untied
     "gdn-plain": ("gated_deltanet", dict(head_dim=16, num_heads=2, expand_v=1.5, use_gate=False, use_short_conv=False,
-                                         tie_word_embeddings=True, intermediate_size=44, norm_eps=1e-5), False),
-    "deltanet": ("delta_net", dict(num_heads=2, expand_v=2.0, use_gate=True, conv_size=3), True),
+                                         tie_word_embeddings=True, intermediate_size=44, norm_eps=1e-5), ""),
+    "deltanet": ("delta_net", dict(num_heads=2, expand_v=2.0, use_gate=True, conv_size=3), "import"),
     "deltanet-plain": ("delta_net", dict(num_heads=4, use_short_conv=False, tie_word_embeddings=True,
-                                         hidden_ratio=3), False),
-    "gla": ("gla", dict(num_heads=2, intermediate_size=44), True),  # fla's defaults: no short conv, output gate
+                                         hidden_ratio=3), ""),
+    "gla": ("gla", dict(num_heads=2, intermediate_size=44), "import"),  # fla's defaults: no short conv, output gate
     "gla-conv": ("gla", dict(num_heads=4, expand_k=1.0, use_short_conv=True, use_output_gate=False,
-                             tie_word_embeddings=True), False),
+                             tie_word_embeddings=True), ""),
 }
 ARCHITECTURE = {  # config attributes that fla's layers read beyond the module shapes (those are compared by repr)
     "gated_deltanet": ("use_gate", "allow_neg_eigval", "num_v_heads", "output_gate_activation"),
@@ -230,6 +230,7 @@ def test_recurrence_is_fla_naive_recurrence(fla, kind):
 
 
 def run_cli(child: bool, *args: str) -> None:
+    """The command line: in a child process (``conftest.longssm``), or in this one (``cli.main``, faster)."""
     if child:
         proc = longssm(*args)
         assert proc.returncode == 0, proc.stderr
@@ -242,11 +243,11 @@ def test_import_has_fla_logits_and_export_gives_back_the_same_files(fla, tmp_pat
     model_type, kwargs, child = CASES[case]
     model = fla_model(fla, model_type, **kwargs)
     model.save_pretrained(tmp_path / "fla")
-    run_cli(child, "import", str(tmp_path / "fla"), "--out", str(tmp_path / "run"), "--tokenizer", "byte")
+    run_cli(child != "", "import", str(tmp_path / "fla"), "--out", str(tmp_path / "run"), "--tokenizer", "byte")
     torch.testing.assert_close(our_logits(tmp_path / "run"), fla_logits(model), atol=1e-10, rtol=1e-10)
     assert json.loads((tmp_path / "run" / "source.json").read_text())["format"] == "hf"
 
-    run_cli(child, "export", str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "out"))
+    run_cli(child == "both", "export", str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "out"))
     original, exported = load_file(tmp_path / "fla" / "model.safetensors"), load_file(tmp_path / "out" /
                                                                                       "model.safetensors")
     assert sorted(exported) == sorted(original)
