@@ -19,7 +19,6 @@ short table on stderr. Without a CUDA device (or without fla) it prints {"skippe
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from typing import Any
@@ -98,12 +97,12 @@ def speed(device: torch.device, shape: tuple[int, ...]) -> dict[str, Any]:
     for name, (fast, ours, inputs) in problems(*shape).items():
         leaves = {k: v.to(device, torch.float32).requires_grad_() for k, v in inputs.items()}
 
-        def step(op, **kw):
+        def step(op, leaves=leaves, **kw):
             o, s = op(**leaves, scale=shape[3] ** -0.5, **kw)
             (o.sum() + s.sum()).backward()
 
-        fla_s = seconds(lambda: step(fast), device)
-        ours_s = seconds(lambda: step(ours, chunk_size=64), device)
+        fla_s = seconds(lambda op=fast: step(op), device)
+        ours_s = seconds(lambda op=ours: step(op, chunk_size=64), device)
         out[name] = {"fla_ms": 1e3 * fla_s, "chunked_ms": 1e3 * ours_s, "chunked/fla": ours_s / fla_s}
     return out
 
