@@ -13,6 +13,7 @@ from longssm.config import EvalConfig, RunConfig, StateConfig, TrainConfig, from
 from longssm.errors import UNKNOWN_KEY, ConfigError, UserError
 from longssm.evaluate.registry import normalise_metrics
 from longssm.models import build_model
+from longssm.models.registry import family_names
 from longssm.paths import shipped_configs
 from longssm.quickstart import quickstart_config
 
@@ -21,7 +22,7 @@ CONFIGS = list(shipped_configs().values())
 
 def test_there_are_configs_for_every_family_at_two_sizes():
     names = {p.stem for p in CONFIGS}
-    for family in ("mamba", "mamba2", "s5", "gru", "lstm"):
+    for family in family_names():
         assert {f"{family}_tiny", f"{family}_small"} <= names
 
 

@@ -285,6 +285,26 @@ def test_equivalent_spellings_and_init_from_read(fla, tmp_path):
     assert pretrained.model.mlp_expand == 256 / 32 and pretrained.source["format"] == "hf"
 
 
+@pytest.mark.parametrize("family,tie", [("gated_deltanet", False), ("deltanet", True), ("gla", False)])
+def test_longssm_run_exports_to_fla_with_our_logits(fla, tmp_path, family, tie):
+    """A run of ours (n_heads, v_head_dim from head_dim; a fractional mlp_expand) loads in fla's class with
+    ``from_pretrained``, and fla's layers (the reference above) compute our logits."""
+    model = ModelConfig(family=family, vocab_size=256, d_model=24, n_layers=2, head_dim=8, v_head_dim=12,
+                        mlp_expand=1.5, short_conv=family != "gla", tie_embeddings=tie)
+    ours = build_model(model)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for param in ours.parameters():
+            param.add_(0.3 * torch.randn(param.shape, generator=gen) / (param[0].numel() ** 0.5 if param.ndim > 1
+                                                                          else 1))
+    save_run(tmp_path / "run", ours, RunConfig(name="run", model=model, data=DataConfig(tokenizer="byte")), {})
+    export_hf(tmp_path / "run", tmp_path / "out")
+    model_type = json.loads((tmp_path / "out" / "config.json").read_text())["model_type"]
+    theirs = fla_classes(fla, model_type)[1].from_pretrained(tmp_path / "out").eval()
+    torch.testing.assert_close(fla_logits(theirs), our_logits(tmp_path / "run"), atol=1e-10, rtol=1e-10)
+    assert theirs.config.tie_word_embeddings == tie and theirs.model.layers[0].mlp.intermediate_size == 36
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Bad input: one line, exit 2, nothing written
 
@@ -331,6 +351,8 @@ REFUSED = {  # case -> (model_type, config changes, expected message)
     "grouped key heads": ("gla", dict(num_kv_heads=1), "num_kv_heads=1 is not supported"),
     "no norm weight": ("gla", dict(elementwise_affine=False), "elementwise_affine=False is not supported"),
     "value gate": ("gla", dict(use_gv=True), "use_gv=True is not supported"),
+    "infinite ratio": ("delta_net", dict(expand_v=float("inf")), "expand_v must be a positive number; got inf"),
+    "MLP too wide": ("gla", dict(intermediate_size=32 * 65), "intermediate_size 2080 is more than 64 * hidden_size"),
     "not a number": ("gla", dict(hidden_size="32"), "hidden_size must be a positive number; got '32'"),
     "not a width": ("gla", dict(intermediate_size=4.5), "intermediate_size must be a positive integer; got 4.5"),
 }

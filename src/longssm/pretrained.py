@@ -22,6 +22,7 @@ A config key our blocks do not implement (biases in the projections, a LayerNorm
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pickle
@@ -99,6 +100,7 @@ FLA_LAYER_FIXED = {"conv_bias": False, "gate_logit_normalizer": 16, "gate_low_ra
 """Arguments of fla's layers that its config classes never pass on (so fla always builds these values); a config that
 states another value is refused rather than silently built differently."""
 GLA_GATE_RANK = 16
+MAX_MLP_EXPAND = next(f for f in dataclasses.fields(ModelConfig) if f.name == "mlp_expand").metadata["bounds"]["le"]
 """fla's ``GLAConfig`` always builds ``gate_low_rank_dim`` 16: our ``model.gate_rank``."""
 
 MAMBA_SSM_FIELDS = {  # mamba_ssm.models.config_mamba.MambaConfig; vocab_size is padded separately
@@ -215,24 +217,31 @@ def _fla_model_config(raw: dict[str, Any], path: Path) -> ModelConfig:
     fields = _translate(raw, FLA_FIELDS[model_type], FLA_FIXED[model_type], path)
     for key, (field, _) in FLA_FIELDS[model_type].items():
         value, flag = fields[field], field in ("short_conv", "output_gate", "tie_embeddings")
-        kind = (int, float) if field == "norm_eps" else int
-        number = isinstance(value, kind) and not isinstance(value, bool) and value > 0
-        if not (isinstance(value, bool) if flag else number):
+        if not (isinstance(value, bool) if flag else _positive(value, float if field == "norm_eps" else int)):
             raise UserError(f"{path}: {key} must be {'true or false' if flag else 'a positive number'}; got {value!r}")
     d = fields["d_model"]
     width = fla_mlp_width(raw, d, path)
     mlp_expand = width / d
     if round(mlp_expand * d) != width:  # never seen: a ratio of two ints times the divisor rounds back
         raise UserError(f"{path}: intermediate_size {width} / hidden_size {d} does not round-trip as a float")
+    if mlp_expand > MAX_MLP_EXPAND:
+        raise UserError(f"{path}: intermediate_size {width} is more than {MAX_MLP_EXPAND} * hidden_size, the widest "
+                        "MLP longssm builds (model.mlp_expand)")
     extra = {"gate_rank": GLA_GATE_RANK} if family == "gla" else {}
     return ModelConfig(family=family, **fields, **_fla_head_sizes(raw, model_type, d, path), mlp_expand=mlp_expand,
                        **extra)
 
 
+def _positive(value: Any, kind: type = float) -> bool:
+    """``value`` is a finite number > 0 (an int when ``kind`` is int; never a bool)."""
+    return (not isinstance(value, bool) and isinstance(value, int if kind is int else (int, float))
+            and math.isfinite(value) and value > 0)
+
+
 def _fla_number(raw: Mapping[str, Any], model_type: str, key: str, path: Path) -> float:
-    """``raw[key]`` (default: fla's, ``FLA_HEAD_DEFAULTS``), which must be a positive number."""
+    """``raw[key]`` (default: fla's, ``FLA_HEAD_DEFAULTS``), which must be a finite positive number."""
     value = raw.get(key, FLA_HEAD_DEFAULTS[model_type].get(key))
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+    if not _positive(value):
         raise UserError(f"{path}: {key} must be a positive number; got {value!r}")
     return value
 
@@ -271,10 +280,10 @@ def fla_mlp_width(raw: Mapping[str, Any], d: int, path: Path) -> int:
     if width is None:
         ratio = raw.get("hidden_ratio", 4)
         ratio = 4 if ratio is None else ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0:
+        if not _positive(ratio):
             raise UserError(f"{path}: hidden_ratio must be a positive number; got {ratio!r}")
         width = 256 * ((int(d * ratio * 2 / 3) + 255) // 256)
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+    if not _positive(width, int):
         raise UserError(f"{path}: intermediate_size must be a positive integer; got {width!r}")
     return width
 
