@@ -139,3 +139,76 @@ def test_quickstart_smoke(tmp_path, family):
                                 "--data.cache_dir", str(tmp_path / "cache")])
     assert [r["scheme"] for r in out["results"]] == ["zero", "previous"]
     assert (tmp_path / "qs" / "ppl_vs_length.png").is_file() and (tmp_path / "qs" / "results.md").is_file()
+
+
+@pytest.mark.parametrize("family", ["mamba", "gru", "gated_deltanet"])
+def test_the_mlp_sublayer_is_stateless_and_follows_every_mixer(family):
+    """model.mlp_expand > 0: norm -> mixer -> norm -> SwiGLU MLP per block (fla's layout); the state is the mixers'
+    alone, a sequence fed in pieces still gives the logits of one pass, and mlp_expand 0 is today's model."""
+    plain = make(family)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(family=family, mlp_expand=2.5, **SIZES)).to(torch.float64).eval()
+    extra = set(model.state_dict()) - set(plain.state_dict())
+    norm_params = {f"backbone.layers.{i}.mlp_norm.{k}" for i in range(2)
+                   for k in plain.backbone.layers[0].norm.state_dict()}   # the family's norm (LayerNorm: a bias too)
+    assert extra == norm_params | {f"backbone.layers.{i}.mlp.{name}.weight" for i in range(2)
+                                   for name in ("gate_proj", "up_proj", "down_proj")}
+    assert model.backbone.layers[0].mlp.gate_proj.weight.shape == (40, 16)  # round(2.5 * d_model)
+    assert not any("mlp" in k for k in plain.state_dict())
+    assert model.initial_state(2).keys() == plain.initial_state(2).keys()
+    tokens = torch.randint(0, 37, (2, 13))
+    with torch.no_grad():
+        whole, final = model(tokens)
+        first, state = model(tokens[:, :6])
+        second, state = model(tokens[:, 6:], state)
+        torch.testing.assert_close(torch.cat([first, second], 1), whole, rtol=0, atol=1e-10)
+        assert all(torch.allclose(state[k], final[k], rtol=0, atol=1e-10) for k in final)
+        layer = model.backbone.layers[0]
+        x = torch.randn(2, 5, 16, dtype=torch.float64)
+        layer_state = {part: v[:, :] for part, v in model.initial_state(2).items() if part.startswith("layers.0.")}
+        y, _ = layer(x, {k.split(".", 2)[2]: v for k, v in layer_state.items()})
+        mixed = x + layer.mixer(layer.norm(x), {k.split(".", 2)[2]: v for k, v in layer_state.items()})[0]
+        mlp = layer.mlp
+        expected = mixed + mlp.down_proj(torch.nn.functional.silu(mlp.gate_proj(layer.mlp_norm(mixed)))
+                                         * mlp.up_proj(layer.mlp_norm(mixed)))
+        torch.testing.assert_close(y, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("family", ["deltanet", "gated_deltanet", "gla"])
+def test_resume_is_bit_identical_with_document_resets(tmp_path, corpus_file, family):
+    """The families added after the interface was first tested (test_train covers Mamba, S5): a run cut after step
+    7 and resumed from its step-5 checkpoint gives the losses and weights of the uncut run, bit for bit, with the
+    carried state zeroed at document starts (state.reset document) and a zero start in three windows."""
+    from longssm import checkpoint as ckpt_io
+
+    data = tiny_overrides(corpus_file, tmp_path / "cache", state__scheme="previous", state__reset="document",
+                          state__p_zero=0.3, train__checkpoint_every=5, train__steps=10)
+    data["model"] = {"family": family, "d_model": 16, "n_layers": 2, "head_dim": 8, "mlp_expand": 1.0}
+    cfg = from_dict(RunConfig, data)
+    full: dict[int, float] = {}
+    train(cfg, tmp_path / "full", on_step=lambda s, l: full.__setitem__(s, l))
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_7(step, loss):
+        if step == 7:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(cfg, tmp_path / "cut", on_step=stop_at_7)
+    resumed: dict[int, float] = {}
+    train(cfg, tmp_path / "cut", resume="auto", on_step=lambda s, l: resumed.__setitem__(s, l))
+    assert sorted(resumed) == list(range(6, 11)) and all(resumed[s] == full[s] for s in resumed)
+    states = ckpt_io.load_states(tmp_path / "cut" / "checkpoints" / "step-00000010")
+    assert {k for k in states if k.startswith("carried.layers.0.")} == {
+        "carried.layers.0.conv_q", "carried.layers.0.conv_k", "carried.layers.0.conv_v", "carried.layers.0.kv"}
+    a = load_weights_dict(tmp_path / "full" / "final" / "model.safetensors")
+    b = load_weights_dict(tmp_path / "cut" / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def load_weights_dict(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
