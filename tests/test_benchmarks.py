@@ -20,12 +20,14 @@ sys.path.insert(0, str(BENCH))
 
 import common  # noqa: E402
 import eval_speed  # noqa: E402
+import linear_attention_ops  # noqa: E402
 import scan  # noqa: E402
 import targets  # noqa: E402
 import train_throughput  # noqa: E402
 from child_rss import SLACK_MB, kernel_measured, read_log  # noqa: E402
 
-SCRIPTS = {"train_throughput": train_throughput, "eval_speed": eval_speed, "scan": scan}
+SCRIPTS = {"train_throughput": train_throughput, "eval_speed": eval_speed, "scan": scan,
+           "linear_attention_ops": linear_attention_ops}
 SMOKE_OPTIONS = {"eval_speed": ["--peers", ""]}  # peers' models run in train_throughput, their evaluation below
 
 
@@ -45,7 +47,7 @@ def runs(tmp_path_factory) -> dict[str, tuple[dict, str]]:
     command = subprocess.Popen([sys.executable, str(BENCH / "eval_speed.py"), *argv("eval_speed")],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     stdouts = {}
-    for name in ("train_throughput", "scan"):
+    for name in ("train_throughput", "scan", "linear_attention_ops"):
         with contextlib.redirect_stdout(io.StringIO()) as stdout, contextlib.redirect_stderr(io.StringIO()):
             SCRIPTS[name].main(argv(name))
         stdouts[name] = stdout.getvalue()
@@ -92,6 +94,20 @@ def test_train_throughput_figures(runs):
         for family, v in fig.items():
             if family != "mamba2":
                 assert result["ratios"]["families"]["byte"][key][f"{family}/mamba2"] == pytest.approx(v / fig["mamba2"])
+
+
+@pytest.mark.slow
+def test_linear_attention_ops_figures(runs):
+    """Every op at every shape: a time and an error against its float64 reference; ratios are times over the SSD's."""
+    result, _ = runs["linear_attention_ops"]
+    assert list(result["ops"]) == ["L16xB4", "L40xB1"]
+    for key, fig in result["ops"].items():
+        for op in linear_attention_ops.OPS:
+            assert positive(fig[f"{op}_ms"]) and 0 <= fig[f"{op}_max_rel_err"] < 1e-5
+            if op != "ssd":
+                assert result["ratios"]["ops"][key][f"{op}/ssd"] == pytest.approx(fig[f"{op}_ms"] / fig["ssd_ms"])
+    assert set(result["targets"]) == {"delta_rule_le_ssd", "gated_delta_rule_le_ssd", "ops_max_rel_err_le_1e-5"}
+    assert result["targets"]["ops_max_rel_err_le_1e-5"] is True
 
 
 @pytest.mark.slow
