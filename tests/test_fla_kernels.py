@@ -18,6 +18,7 @@ from longssm.models import build_model
 from longssm.ops import dispatch, fla_kernels
 from longssm.ops.delta_rule import delta_rule_ref
 from longssm.ops.gla import gla_ref
+from test_families import scramble
 
 FAMILIES = ("deltanet", "gated_deltanet", "gla")
 CALLS: list[tuple[str, dict]] = []
@@ -88,7 +89,8 @@ def test_the_fakes_have_fla_s_exact_signatures(fla_ops):
 def test_a_model_on_fla_kernels_equals_the_chunked_model(fake_fla, family):
     """Logits, carried states and every parameter gradient with scan_impl fla (the fakes) equal those of chunked."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(family=family, vocab_size=37, d_model=16, n_layers=2, head_dim=8, chunk_size=8))
+    model = scramble(build_model(ModelConfig(family=family, vocab_size=37, d_model=16, n_layers=2, head_dim=8,
+                                             chunk_size=8)))
     tokens = torch.randint(0, 37, (2, 19))
     start = {k: torch.randn_like(v) * 0.3 for k, v in model.initial_state(2).items()}
     results = []

@@ -84,19 +84,17 @@ class DeltaNetMixer(LinearAttentionMixer):
         """conv_q, conv_k (h K, k_conv - 1), conv_v (h V, k_conv - 1) (with model.short_conv); kv (h, K, V)."""
         return {**self.conv_state_shapes(), "kv": (self.n_heads, self.head_k_dim, self.head_v_dim)}
 
-    def decay(self, x: Tensor) -> Tensor | None:
-        """g = log alpha (b, l, h): None for DeltaNet; Gated DeltaNet's -exp(A_log) softplus(a_proj x + dt_bias)."""
-        if not self.gated:
-            return None
-        dtype = torch.promote_types(x.dtype, torch.float32)
-        return -torch.exp(self.A_log.to(dtype)) * F.softplus(self.a_proj(x).to(dtype) + self.dt_bias.to(dtype))
+    def decay(self, a: Tensor) -> Tensor:
+        """Gated DeltaNet's g = log alpha = -exp(A_log) softplus(a + dt_bias), a = a_proj x (b, l, h)."""
+        dtype = torch.promote_types(a.dtype, torch.float32)
+        return -torch.exp(self.A_log.to(dtype)) * F.softplus(a.to(dtype) + self.dt_bias.to(dtype))
 
     def forward(self, x: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """x (b, l, d), state {conv_q, conv_k, conv_v (b, c, k_conv - 1), kv (b, h, K, V)} -> (b, l, d), new state."""
-        (q, k, v), conv_states = self.project(x, state)
+        (q, k, v), conv_states, extra = self.project(x, state, ("b_proj", "a_proj") if self.gated else ("b_proj",))
         q, k = l2_normalize(q), l2_normalize(k)
-        beta = torch.sigmoid(self.b_proj(x).to(torch.promote_types(x.dtype, torch.float32)))
-        g = self.decay(x)
+        beta = torch.sigmoid(extra["b_proj"].to(torch.promote_types(x.dtype, torch.float32)))
+        g = self.decay(extra["a_proj"]) if self.gated else None
         args = dict(q=q, k=k, v=v, beta=beta, g=g, scale=self.head_k_dim ** -0.5, initial_state=state["kv"])
         if self.scan_impl == "chunked":
             o, kv = delta_rule_chunked(**args, chunk_size=self.chunk_size)
@@ -104,7 +102,7 @@ class DeltaNetMixer(LinearAttentionMixer):
             o, kv = fla_delta_rule(**args)
         else:
             o, kv = delta_rule_ref(**args)
-        return self.output(o, x), {**conv_states, "kv": kv.to(state["kv"].dtype)}
+        return self.output(o, extra.get("gate"), x.dtype), {**conv_states, "kv": kv.to(state["kv"].dtype)}
 
 
 class GatedDeltaNetMixer(DeltaNetMixer):

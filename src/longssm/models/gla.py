@@ -66,7 +66,7 @@ class GLAMixer(LinearAttentionMixer):
 
     def forward(self, x: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """x (b, l, d), state {conv_q, conv_k, conv_v (b, c, k_conv - 1), kv (b, h, K, V)} -> (b, l, d), new state."""
-        (q, k, v), conv_states = self.project(x, state)
+        (q, k, v), conv_states, extra = self.project(x, state)
         gk = self.gk_proj(x).to(torch.promote_types(x.dtype, torch.float32)).unflatten(-1, (self.n_heads, -1))
         g = F.logsigmoid(gk) / GATE_LOGIT_NORMALIZER
         args = dict(q=q, k=k, v=v, g=g, scale=self.head_k_dim ** -0.5, initial_state=state["kv"])
@@ -76,4 +76,4 @@ class GLAMixer(LinearAttentionMixer):
             o, kv = fla_gla(**args)
         else:
             o, kv = gla_ref(**args)
-        return self.output(o, x), {**conv_states, "kv": kv.to(state["kv"].dtype)}
+        return self.output(o, extra.get("gate"), x.dtype), {**conv_states, "kv": kv.to(state["kv"].dtype)}

@@ -71,17 +71,22 @@ class CausalDepthwiseConv1d(nn.Conv1d):
 
     def forward(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         """x (b, l, c), state (b, c, k-1) -> y (b, l, c) (before any activation), new state (b, c, k-1)."""
-        k, l = self.kernel_size[0], x.shape[1]
-        xc = torch.cat([state.transpose(1, 2).to(x.dtype), x], dim=1)  # (b, k-1+l, c)
-        weight = self.weight[:, 0, :].to(x.dtype)  # (c, k)
-        if self.bias is None:  # the short convolutions of the linear-attention mixers (fla's conv_bias=False)
-            y = xc[:, :l] * weight[:, 0]
-        else:
-            y = torch.addcmul(self.bias.to(x.dtype), xc[:, :l], weight[:, 0])
-        for j in range(1, k):
-            y = torch.addcmul(y, xc[:, j:j + l], weight[:, j])
-        new_state = xc[:, xc.shape[1] - (k - 1):].transpose(1, 2).contiguous()
-        return y, new_state
+        return causal_depthwise_conv(x, state, self.weight, self.bias)
+
+
+def causal_depthwise_conv(x: Tensor, state: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``CausalDepthwiseConv1d``'s computation with the weights given: x (b, l, c), state (b, c, k-1), weight
+    (c, 1, k), bias (c,) or None -> y (b, l, c), new state (b, c, k-1). The linear-attention mixers call it once on
+    the channels of q, k and v together (their three convolutions' weights concatenated)."""
+    k, l = weight.shape[-1], x.shape[1]
+    xc = torch.cat([state.transpose(1, 2).to(x.dtype), x], dim=1)  # (b, k-1+l, c)
+    w = weight[:, 0, :].to(x.dtype)  # (c, k)
+    # no bias: the short convolutions of the linear-attention mixers (fla's conv_bias=False)
+    y = xc[:, :l] * w[:, 0] if bias is None else torch.addcmul(bias.to(x.dtype), xc[:, :l], w[:, 0])
+    for j in range(1, k):
+        y = torch.addcmul(y, xc[:, j:j + l], w[:, j])
+    new_state = xc[:, xc.shape[1] - (k - 1):].transpose(1, 2).contiguous()
+    return y, new_state
 
 
 def l2_normalize(x: Tensor, eps: float = 1e-6) -> Tensor:
