@@ -149,11 +149,12 @@ class ModelConfig(Checked):
     n_layers: int = spec(2, ge=1)
     """Number of residual blocks."""
     d_state: int = spec(16, ge=1)
-    """State size per channel N (Mamba-1/2); number of state dimensions P for S5; ignored for GRU/LSTM."""
+    """State size per channel N (Mamba-1/2); number of state dimensions P for S5; ignored for GRU/LSTM and the
+    linear-attention families (their state per head is head_dim x v_head_dim)."""
     expand: int = spec(2, ge=1)
     """Inner width E = expand * d_model (Mamba-1/2)."""
     d_conv: int = spec(4, ge=1)
-    """Causal depthwise convolution width K (Mamba-1/2)."""
+    """Causal depthwise convolution width K (Mamba-1/2; the short convolutions of deltanet, gated_deltanet, gla)."""
     dt_rank: int | None = spec(None, ge=1)
     """Rank R of the Δ projection (Mamba-1); null = ceil(d_model / 16)."""
     head_dim: int = spec(32, ge=1)
@@ -177,7 +178,8 @@ class ModelConfig(Checked):
     n_groups: int = spec(1, ge=1)
     """Number of B/C groups (Mamba-2)."""
     chunk_size: int = spec(64, ge=1)
-    """Chunk length of the chunked scans (Mamba-2 SSD, S5); the Mamba-1 chunked scan sizes its blocks itself."""
+    """Chunk length of the chunked scans (Mamba-2 SSD, S5, the delta rule, GLA); the Mamba-1 chunked scan sizes its
+    blocks itself."""
     scan: Literal["auto", "chunked", "reference", "triton", "mamba_ssm", "fla"] = "auto"
     """Scan: chunked (fast), reference (loop), triton (Mamba-1 GPU kernel), mamba_ssm (Mamba-2 kernel of the mamba-ssm
     package), fla (the kernels of fla-core for deltanet, gated_deltanet, gla); a kernel the family lacks runs
