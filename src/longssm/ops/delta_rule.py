@@ -131,14 +131,20 @@ def _chunks(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor, state: Ten
     gamma = g.cumsum(dim=-1)
     w, u_tilde, scores, q_decayed, k_decayed = _chunk_terms(q, k, v, beta, gamma, scale)
     chunk_decay = gamma[..., -1].exp()                                         # e^{γ_C} (b, h, c)
-    outs = []
-    # unbind, not [:, :, c]: the backward of an index builds a zero tensor of the whole input per chunk
-    for u_c, w_c, q_c, p_c, a_c, k_c in zip(*(t.unbind(2) for t in (u_tilde, w, q_decayed, scores, chunk_decay,
-                                                                    k_decayed))):
-        u = u_c - w_c @ state                                                  # U = Ũ - W S_0   (b, h, C, V)
-        outs.append(q_c @ state + p_c @ u)
-        state = a_c[..., None, None] * state + k_c.transpose(-1, -2) @ u
-    return torch.stack(outs, dim=2), state
+    b, h = q.shape[:2]
+    entering, new_values = [], []
+    # only what the next state needs runs chunk by chunk, as fused batched products over b h; the outputs are one
+    # batched product after the loop. unbind, not [:, c]: an index's backward builds a zero tensor per chunk
+    flat = (t.flatten(0, 1).unbind(1) for t in (u_tilde, w, chunk_decay, k_decayed.transpose(-1, -2)))
+    state = state.flatten(0, 1)                                                # (b h, K, V)
+    for u_c, w_c, a_c, kt_c in zip(*flat):
+        entering.append(state)
+        u = torch.baddbmm(u_c, w_c, state, alpha=-1)                           # U = Ũ - W S_0   (b h, C, V)
+        new_values.append(u)
+        state = torch.baddbmm(state * a_c[:, None, None], kt_c, u)             # e^{γ_C} S_0 + K̃^T U
+    states_in = torch.stack(entering, dim=1).unflatten(0, (b, h))              # (b, h, c, K, V)
+    u = torch.stack(new_values, dim=1).unflatten(0, (b, h))                    # (b, h, c, C, V)
+    return q_decayed @ states_in + scores @ u, state.unflatten(0, (b, h))
 
 
 def delta_rule_chunked(

@@ -116,12 +116,13 @@ def _chunks(q: Tensor, k: Tensor, v: Tensor, g: Tensor, state: Tensor, scale: fl
     k_decayed = k * (gamma[..., -1:, :] - gamma).exp()
     chunk_decay = gamma[..., -1, :].exp()                                     # (b, h, c, K)
     kv = k_decayed.transpose(-1, -2) @ v                                      # (b, h, c, K, V)
-    outs = []
+    entering = []
+    # only the state recurrence runs chunk by chunk; the readout of the entering states is one batched product.
     # unbind, not [:, :, c]: the backward of an index builds a zero tensor of the whole input per chunk
-    for intra_c, q_c, a_c, kv_c in zip(*(t.unbind(2) for t in (intra, q_decayed, chunk_decay, kv))):
-        outs.append(intra_c + q_c @ state)
-        state = a_c[..., None] * state + kv_c
-    return torch.stack(outs, dim=2), state
+    for a_c, kv_c in zip(chunk_decay.unbind(2), kv.unbind(2)):
+        entering.append(state)
+        state = torch.addcmul(kv_c, a_c[..., None], state)
+    return intra + q_decayed @ torch.stack(entering, dim=2), state
 
 
 def gla_chunked(
