@@ -567,3 +567,7 @@ def test_line_styles_tell_the_scheme_by_dash_and_the_rank_by_colour():
     assert len({st["color"] for st in styles[:3]}) == 3
     one_scheme = line_styles([{"scheme": "zero"}] * 12)  # more than 10 lines: 12 distinct colours, all solid
     assert len({st["color"] for st in one_scheme}) == 12 and {st["linestyle"] for st in one_scheme} == {"-"}
+    families = [{"family": f, "scheme": s} for f in ("mamba2", "gla") for s in ("zero", "previous", "previous")]
+    styles = line_styles(families)  # several families: colour = family, dash = the rank within the family
+    assert len({st["color"] for st in styles[:3]}) == 1 and styles[0]["color"] != styles[3]["color"]
+    assert [st["linestyle"] for st in styles] == ["-", "--", ":"] * 2

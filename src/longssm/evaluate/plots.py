@@ -81,9 +81,22 @@ def _log2_axes(ax: Axes, xlabel: str, ylabel: str, train_lengths: Iterable[int],
 
 
 def line_styles(results: list[Result]) -> list[dict[str, Any]]:
-    """Matplotlib styles for one line per result: with several state schemes, the linestyle tells the scheme
-    (solid, dashed, dotted, dash-dot) and the colour the rank of the result among its scheme's results (in a sweep
-    sorted by T, the same colour is the same T); with one scheme, one colour per result. Up to 20 colours."""
+    """Matplotlib styles for one line per result: with several families, the colour tells the family and the
+    linestyle the result's rank among its family's (solid, dashed, dotted, dash-dot: the legend names each);
+    else, with several state schemes, the linestyle tells the scheme and the colour the rank of the result among
+    its scheme's results (in a sweep sorted by T, the same colour is the same T); with one scheme, one colour per
+    result. Up to 20 colours."""
+    families = list(dict.fromkeys(str(r.get("family")) for r in results))
+    if len(families) > 1:
+        colors = colormaps["tab10" if len(families) <= 10 else "tab20"].colors
+        within: dict[str, int] = {}
+        styles = []
+        for r in results:
+            family = str(r.get("family"))
+            rank = within[family] = within.get(family, -1) + 1
+            styles.append({"color": colors[families.index(family) % len(colors)],
+                           "linestyle": ["-", "--", ":", "-."][rank % 4]})
+        return styles
     schemes = list(dict.fromkeys(str(r.get("scheme")) for r in results))
     seen: dict[str, int] = {}  # results of each scheme so far: a result's rank among its scheme's
     ranks = []
@@ -163,6 +176,9 @@ def plot_ppl_vs_length(results: list[Result], out: str | Path, title: str | None
         ax.plot(xs, ys, marker="o", markersize=3.5, label=f"{label}: {verdict}" if verdict != "n/a" else label,
                 **style)
         rows += [(label, x, y) for x, y in zip(xs, ys)]
+    values = [row[2] for row in rows]
+    if max(values) > 4 * min(values):  # one diverging curve would flatten every other on a linear axis
+        ax.set_yscale("log")
     _log2_axes(ax, "evaluation length L (tokens)", "perplexity (per token)", _train_lengths(results))
     return _save(fig, out, title or "Perplexity vs evaluation length (zero initial state per sequence)",
                  ["run", "length", "ppl"], rows)
