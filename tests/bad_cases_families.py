@@ -1,5 +1,6 @@
-"""Bad-input cases of issue 22 (the delta-rule and GLA families), run by ``tests/test_bad_inputs.py`` like its own
-``CASES``: (case id, argv as a function of ``Inputs``, text the one error line must contain, exit code).
+"""Bad-input cases of issues 22 and 23 (the delta-rule and GLA families; sliding-window attention and hybrids), run
+by ``tests/test_bad_inputs.py`` like its own ``CASES``: (case id, argv as a function of ``Inputs``, text the one
+error line must contain, exit code).
 ``make_inputs(root)``: the checkpoint directories of model types that longssm does not import."""
 
 from __future__ import annotations
@@ -26,6 +27,17 @@ CASES: list[tuple[str, object, str, int]] = [
     ("mlp_expand < 0", lambda i: family(i, "gla", "--model.mlp_expand", "-1"),
      "--model.mlp_expand must be in [0, 64]; got -1.0", 2),
     ("n_heads 0", lambda i: family(i, "deltanet", "--model.n_heads", "0"), "--model.n_heads must be >= 1; got 0", 2),
+    ("swa: window 0", lambda i: family(i, "swa", "--model.head_dim", "8", "--model.window", "0"),
+     "--model.window must be in [1, 16384]; got 0", 2),
+    ("swa: window beyond its bound", lambda i: family(i, "swa", "--model.head_dim", "8", "--model.window", "20000"),
+     "--model.window must be in [1, 16384]; got 20000", 2),
+    ("a pattern naming an unknown family", lambda i: i.train("--model.layers", "mamba,nope"),
+     "model.family must be one of", 2),
+    ("swa: heads that do not divide d_model", lambda i: family(i, "swa", "--model.head_dim", "5"),
+     "model.head_dim must divide model.d_model = 16", 2),
+    ("swa: a noise scheme on a cache", lambda i: i.train("--model.layers", "mamba,swa", "--model.head_dim", "8",
+                                                         "--state.scheme", "random_noise"),
+     "state.scheme random_noise adds noise to every carried state, and a swa layer's state is a cache", 2),
     ("import: an fla directory of an unsupported model type",
      lambda i: ["import", i.path("fla_rwkv7"), "--out", i.path("imported_rwkv7"), "--tokenizer", "byte"],
      "model_type 'rwkv7' is not supported", 2),

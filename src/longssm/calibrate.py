@@ -74,8 +74,10 @@ def calibrate_run(run: str | Path, method: Method, target_length: int, data: str
     if target_length < 1 or steps < 0 or windows < 1 or chunk < 1 or not lr > 0:
         raise UserError("--target-length, --windows and --chunk must be >= 1, --steps >= 0 and --lr > 0")
     model, cfg, ckpt = load_model(run)
-    if cfg.model.family not in ("mamba", "mamba2"):
-        raise UserError(f"calibrate scales Δ or A of the mamba and mamba2 families; {run} is {cfg.model.family!r}")
+    hybrid = cfg.model.layers is not None and set(cfg.model.layers) != {cfg.model.family}
+    if cfg.model.family not in ("mamba", "mamba2") or hybrid:
+        kind = cfg.model.family if not cfg.model.layers else "a hybrid of " + ",".join(cfg.model.layers)
+        raise UserError(f"calibrate scales Δ or A of the mamba and mamba2 families; {run} is {kind!r}")
     model.requires_grad_(False)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     corpus = load_corpus(data, tokenizer, cfg.data.cache_dir, progress=False, role="valid")

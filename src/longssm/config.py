@@ -172,6 +172,13 @@ class ModelConfig(Checked):
     """The output gate silu(g_proj(x)) after the per-head output norm (deltanet, gated_deltanet, gla)."""
     gate_rank: int = spec(16, ge=1)
     """Rank of GLA's forget-gate projection (d_model -> gate_rank -> keys)."""
+    window: int = spec(64, ge=1, le=16384)
+    """Sliding-window attention (swa): a query attends to itself and the window tokens before it; the carried state
+    of a layer is those tokens' keys and values (at most 16384: the cache is window x d_model floats per layer)."""
+    layers: list[str] | None = None
+    """A hybrid: the families of the layers, repeated to n_layers (e.g. [mamba, swa]: Mamba, SWA, Mamba, SWA, ...);
+    each layer has its family's mixer and pre-norm, the final norm is model.family's. null = every layer
+    model.family."""
     mlp_expand: float = spec(0.0, ge=0, le=64)
     """A SwiGLU MLP sublayer after every mixer (norm -> mixer -> norm -> MLP, as in fla's models), hidden width
     round(mlp_expand * d_model); 0 = none (one sublayer per block). Any family."""
@@ -201,6 +208,8 @@ class ModelConfig(Checked):
 
     def check(self) -> None:
         # model.family is checked where it is used (models.registry.get_family): only the registry knows the names
+        if self.layers is not None and (not self.layers or not all(isinstance(f, str) and f for f in self.layers)):
+            raise ConfigError("model.layers", "a non-empty list of family names or null", self.layers)
         if self.mlp_expand and round(self.mlp_expand * self.d_model) < 1:
             raise ConfigError("model.mlp_expand", "0 or a width round(mlp_expand * d_model) >= 1", self.mlp_expand)
         if self.dt_min > self.dt_max:
@@ -209,7 +218,7 @@ class ModelConfig(Checked):
             scales = getattr(self, name)
             if scales is not None and len(scales) != self.n_layers:
                 raise UserError(f"model.{name} needs one value per layer ({self.n_layers}); got {len(scales)}")
-            if scales is not None and self.family not in ("mamba", "mamba2"):
+            if scales is not None and (self.family not in ("mamba", "mamba2") or self.layers):
                 raise UserError(f"model.{name} applies to the mamba and mamba2 families only; got {self.family!r}")
 
     @property

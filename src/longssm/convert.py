@@ -70,6 +70,9 @@ def import_checkpoint(path: str | Path, out: str | Path, tokenizer: str | None =
 def hf_config(model: ModelConfig) -> dict[str, Any]:
     """The ``config.json`` of the HF class that computes what ``model`` does (the inverse of
     ``pretrained.read_foreign_config``)."""
+    if model.layers is not None and set(model.layers) != {model.family}:
+        raise UserError(f"a hybrid model (model.layers {','.join(model.layers)}) has no Hugging Face class; export "
+                        "writes models of one family")
     fla_types = {family: model_type for model_type, (family, _) in FLA_TYPES.items()}
     if model.family in fla_types:
         return _fla_config(model, fla_types[model.family])

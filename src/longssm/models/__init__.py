@@ -33,11 +33,13 @@ def build_model(
 
     The weights are initialised where torch creates tensors (the CPU unless a device context says otherwise) and
     then moved to ``device`` (None: left there), so a seed gives the same weights on every device.
-    ``tie_embeddings``: None = ``config.tie_embeddings``."""
+    ``tie_embeddings``: None = ``config.tie_embeddings``. With ``config.layers`` (a hybrid) layer i is the family
+    ``layers[i % len(layers)]``, each name resolved like ``model.family``."""
     family = get_family(config.family)
+    pattern = None if config.layers is None else [(f.block, f.norm) for f in map(get_family, config.layers)]
     tie = config.tie_embeddings if tie_embeddings is None else tie_embeddings
     try:
-        model = RecurrentLM(config, family.block, norm=family.norm, tie_embeddings=tie)
+        model = RecurrentLM(config, family.block, norm=family.norm, tie_embeddings=tie, pattern=pattern)
         if device is not None:
             model = model.to(device)
     except (RuntimeError, MemoryError) as e:
@@ -56,7 +58,8 @@ SIZE_KEYS = {"mamba": ("d_model", "n_layers", "d_state", "expand", "vocab_size")
              "s5": ("d_model", "n_layers", "d_state", "vocab_size"),
              "gru": ("d_model", "n_layers", "vocab_size"), "lstm": ("d_model", "n_layers", "vocab_size"),
              **{family: ("d_model", "n_layers", "n_heads", "head_dim", "v_head_dim", "vocab_size")
-                for family in ("deltanet", "gated_deltanet", "gla")}}
+                for family in ("deltanet", "gated_deltanet", "gla")},
+             "swa": ("d_model", "n_layers", "n_heads", "head_dim", "window", "vocab_size")}
 """The ``ModelConfig`` keys that size each built-in family, named by an out-of-memory error of ``build_model``
 (another family: those of mamba)."""
 

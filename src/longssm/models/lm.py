@@ -28,7 +28,7 @@ one pass.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import torch
@@ -98,18 +98,19 @@ class ResidualBlock(nn.Module):
 class Backbone(nn.Module):
     """Embedding, the residual layers and the final norm (HF ``MambaModel``); named ``backbone`` in the LM."""
 
-    def __init__(self, config: ModelConfig, block: type[nn.Module], norm: NormFactory) -> None:
+    def __init__(self, config: ModelConfig, block: type[nn.Module], norm: NormFactory,
+                 pattern: Sequence[tuple[type[nn.Module], NormFactory]] | None = None) -> None:
         super().__init__()
         self.embeddings = nn.Embedding(config.vocab_size, config.d_model)
         hidden = round(config.mlp_expand * config.d_model)
+        pattern = list(pattern) if pattern else [(block, norm)]
 
-        def mlp() -> tuple[nn.Module, nn.Module] | None:
-            return (norm(config.d_model, config.norm_eps), SwiGLU(config.d_model, hidden)) if hidden else None
+        def layer(i: int) -> ResidualBlock:
+            layer_block, layer_norm = pattern[i % len(pattern)]
+            mlp = (layer_norm(config.d_model, config.norm_eps), SwiGLU(config.d_model, hidden)) if hidden else None
+            return ResidualBlock(layer_norm(config.d_model, config.norm_eps), layer_block(config, i), mlp)
 
-        self.layers = nn.ModuleList(
-            ResidualBlock(norm(config.d_model, config.norm_eps), block(config, i), mlp())
-            for i in range(config.n_layers)
-        )
+        self.layers = nn.ModuleList(layer(i) for i in range(config.n_layers))
         self.norm_f = norm(config.d_model, config.norm_eps)
 
 
@@ -122,6 +123,8 @@ class RecurrentLM(nn.Module):
         norm: the pre-norm and final norm, ``norm(d_model, eps)``.
         tie_embeddings: ``lm_head.weight`` *is* ``backbone.embeddings.weight`` (default, as in the official
             Mamba LMs); False gives the head its own matrix (HF ``Mamba2Config``'s default).
+        pattern: a hybrid (``model.layers``): (block class, norm) of the layers, repeated to ``n_layers``; layer i
+            is ``pattern[i % len(pattern)]``, the final norm is ``norm``. None: every layer is ``block``, ``norm``.
 
     Weights: the embedding is N(0, 0.02) (the official Mamba init, used for every family); norms start at 1;
     blocks initialise their own parameters.
@@ -131,14 +134,15 @@ class RecurrentLM(nn.Module):
     """
 
     def __init__(
-        self, config: ModelConfig, block: type[nn.Module], *, norm: NormFactory = RMSNorm, tie_embeddings: bool = True
+        self, config: ModelConfig, block: type[nn.Module], *, norm: NormFactory = RMSNorm, tie_embeddings: bool = True,
+        pattern: Sequence[tuple[type[nn.Module], NormFactory]] | None = None,
     ) -> None:
         super().__init__()
         if config.vocab_size is None:
             raise UserError("model.vocab_size is not set (it is normally taken from the tokenizer)")
         self.config = config
         self.tie_embeddings = tie_embeddings
-        self.backbone = Backbone(config, block, norm)
+        self.backbone = Backbone(config, block, norm, pattern)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         nn.init.normal_(self.backbone.embeddings.weight, std=0.02)
         if tie_embeddings:

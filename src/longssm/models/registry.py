@@ -3,7 +3,7 @@
 A family is a block class (the protocol ``lm.RecurrentBlock``) and the norm class of its residual layers; the
 language model around it is always ``lm.RecurrentLM``. ``model.family`` names a family in one of two ways:
 
-    a registered name     "mamba", "mamba2", "s5", "gru", "lstm", "deltanet", "gated_deltanet", "gla", or a name
+    a registered name     "mamba", "mamba2", "s5", "gru", "lstm", "deltanet", "gated_deltanet", "gla", "swa", or a name
                           given to ``register_family``
     an import path        "package.module:BlockClass": the class is imported at build time (norm: RMSNorm), so
                           a user block can be named from YAML or the command line without Python code
@@ -25,6 +25,7 @@ from .mamba import MambaMixer
 from .mamba2 import Mamba2Mixer
 from .rnn import GRUMixer, LSTMMixer
 from .s5 import S5Mixer
+from .swa import SWAMixer
 
 __all__ = ["Family", "family_names", "get_family", "register_family"]
 
@@ -39,7 +40,7 @@ class Family:
 
 
 _FAMILIES: dict[str, Family] = {}
-_BUILT_IN = ("mamba", "mamba2", "s5", "gru", "lstm", "deltanet", "gated_deltanet", "gla")
+_BUILT_IN = ("mamba", "mamba2", "s5", "gru", "lstm", "deltanet", "gated_deltanet", "gla", "swa")
 
 
 def register_family(name: str, block_cls: type[nn.Module], *, norm: NormFactory = RMSNorm) -> Family:
@@ -107,3 +108,4 @@ register_family("lstm", LSTMMixer, norm=nn.LayerNorm)
 register_family("deltanet", DeltaNetMixer, norm=RMSNorm)
 register_family("gated_deltanet", GatedDeltaNetMixer, norm=RMSNorm)
 register_family("gla", GLAMixer, norm=RMSNorm)
+register_family("swa", SWAMixer, norm=RMSNorm)

@@ -21,6 +21,7 @@ from ..data.streams import StreamLoader
 from ..data.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 from ..errors import UserError
 from ..models import build_model
+from ..models.registry import get_family
 from ..paths import BUILTIN_PREFIX, resolve_path
 from ..pretrained import Pretrained, read_pretrained
 from ..runtime import distributed
@@ -171,9 +172,25 @@ def resolve_config(cfg: RunConfig, tokenizer: Tokenizer, world_size: int = 1, ch
     data = replace(d, train=_absolute(d.train), valid=_absolute(d.valid), cache_dir=cache_dir,
                    tokenizer=d.tokenizer if d.tokenizer in ("byte", "gpt2") else _absolute(d.tokenizer))
     cfg = replace(cfg, model=model, train=train, data=data)
+    check_scheme_fits_the_layers(cfg)
     if checked:
         check_vocabulary(cfg, tokenizer)
     return cfg
+
+
+NOISE_SCHEMES = ("random_noise", "fitted_noise")
+
+
+def check_scheme_fits_the_layers(cfg: RunConfig) -> None:
+    """``UserError`` for a noise scheme on a model with a layer whose state is not a quantity noise can stand for:
+    a block class with ``noise_states = False`` (sliding-window attention: a cache of real tokens and its slot
+    flags)."""
+    if cfg.state.scheme not in NOISE_SCHEMES:
+        return
+    for name in dict.fromkeys(cfg.model.layers or [cfg.model.family]):
+        if getattr(get_family(name).block, "noise_states", True) is False:
+            raise UserError(f"state.scheme {cfg.state.scheme} adds noise to every carried state, and a {name} layer's "
+                            "state is a cache of real tokens: use zero, previous or state_passing")
 
 
 def check_vocabulary(cfg: RunConfig, tokenizer: Tokenizer) -> None:
