@@ -128,3 +128,15 @@ def test_a_damaged_ledger_makes_every_file_foreign(tmp_path):
         check_file(tmp_path / "a.txt", "--out")
     write_texts({tmp_path / "a.txt": "again"}, "--out", force=True)
     assert read_ledger(tmp_path) == {"a.txt": hashlib.sha256(b"again").hexdigest()}
+
+
+def test_a_directory_named_final_or_checkpoints_does_not_make_its_parent_a_run(tmp_path):
+    """A user's output tree runs/final/sweep: "final" alone is no evidence that runs/ is a run (it was refused as
+    "where the run runs/ keeps its checkpoints" before); a real run's final/ still is protected."""
+    for name in ("final", "checkpoints"):
+        (tmp_path / f"mine_{name}" / name / "sweep").mkdir(parents=True)
+        check_not_protected(tmp_path / f"mine_{name}" / name / "sweep" / "eval.json", "--json")
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(UserError, match="where the run .* keeps its checkpoints"):
+        check_not_protected(tmp_path / "run" / "final" / "eval.json", "--json")

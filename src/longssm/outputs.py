@@ -49,10 +49,12 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "source.json", "tokenizer.json", "r
 """Files at a run's root that are the run's own (rule 1)."""
 
 
-def is_run_dir(directory: Path) -> bool:
-    """``directory`` holds a run (``checkpoint.holds_run``), and not only because of a ``config.yaml`` in it."""
+def is_run_dir(directory: Path, besides: str | None = None) -> bool:
+    """``directory`` holds a run (``checkpoint.holds_run``), and not only because of a ``config.yaml`` in it, nor
+    only because of its entry ``besides`` (a directory named ``final`` or ``checkpoints`` is no evidence that its
+    parent is a run: a user may name an output directory so)."""
     return holds_run(directory) is not None and any(
-        (directory / name).exists() for name in RUN_ENTRIES if name != "config.yaml")
+        (directory / name).exists() for name in RUN_ENTRIES if name not in ("config.yaml", besides))
 
 
 def _why_protected(path: Path) -> str | None:
@@ -60,7 +62,7 @@ def _why_protected(path: Path) -> str | None:
     for entry in (path, *path.parents):
         if (entry / META).is_file():
             return f"is {'the' if entry == path else 'inside the'} checkpoint {entry}"
-        if entry.name in RUN_DIRS and is_run_dir(entry.parent):
+        if entry.name in RUN_DIRS and is_run_dir(entry.parent, besides=entry.name):
             return f"is {'' if entry == path else 'inside '}{entry}, where the run {entry.parent} keeps its checkpoints"
     if path.name in RUN_FILES and is_run_dir(path.parent):
         return f"is the run {path.parent}'s own {path.name}"

@@ -105,10 +105,11 @@ class Backbone(nn.Module):
         hidden = round(config.mlp_expand * config.d_model)
         pattern = list(pattern) if pattern else [(block, norm)]
 
-        def layer(i: int) -> ResidualBlock:
+        def layer(i: int) -> ResidualBlock:  # built in this order: pre-norm, mixer, MLP (the initialisation's RNG)
             layer_block, layer_norm = pattern[i % len(pattern)]
+            pre_norm, mixer = layer_norm(config.d_model, config.norm_eps), layer_block(config, i)
             mlp = (layer_norm(config.d_model, config.norm_eps), SwiGLU(config.d_model, hidden)) if hidden else None
-            return ResidualBlock(layer_norm(config.d_model, config.norm_eps), layer_block(config, i), mlp)
+            return ResidualBlock(pre_norm, mixer, mlp)
 
         self.layers = nn.ModuleList(layer(i) for i in range(config.n_layers))
         self.norm_f = norm(config.d_model, config.norm_eps)
