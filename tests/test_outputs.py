@@ -138,5 +138,5 @@ def test_a_directory_named_final_or_checkpoints_does_not_make_its_parent_a_run(t
         check_not_protected(tmp_path / f"mine_{name}" / name / "sweep" / "eval.json", "--json")
     (tmp_path / "run" / "final").mkdir(parents=True)
     (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
-    with pytest.raises(UserError, match="where the run .* keeps its checkpoints"):
+    with pytest.raises(UserError, match=r"where the run .* keeps its checkpoints"):
         check_not_protected(tmp_path / "run" / "final" / "eval.json", "--json")
