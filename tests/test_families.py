@@ -191,16 +191,23 @@ def test_the_mlp_sublayer_is_stateless_and_follows_every_mixer(family):
         torch.testing.assert_close(y, expected, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("family", ["deltanet", "gated_deltanet", "gla"])
-def test_resume_is_bit_identical_with_document_resets(tmp_path, corpus_file, family):
-    """The families added after the interface was first tested (test_train covers Mamba, S5): a run cut after step
-    7 and resumed from its step-5 checkpoint gives the losses and weights of the uncut run, bit for bit, with the
-    carried state zeroed at document starts (state.reset document) and a zero start in three windows."""
+CONVS = ("conv_q", "conv_k", "conv_v")
+
+
+@pytest.mark.parametrize("family, layers, carried", [
+    ("deltanet", None, {*CONVS, "kv"}), ("gated_deltanet", None, {*CONVS, "kv"}), ("gla", None, {*CONVS, "kv"}),
+    ("swa", None, {"k", "v", "filled"}), ("mamba", ["swa", "mamba"], {"k", "v", "filled"})])
+def test_resume_is_bit_identical_with_document_resets(tmp_path, corpus_file, family, layers, carried):
+    """The families added after the interface was first tested (test_train covers Mamba, S5), and a hybrid: a run
+    cut after step 7 and resumed from its step-5 checkpoint gives the losses and weights of the uncut run, bit for
+    bit, with the carried state zeroed at document starts (state.reset document) and a zero start in three
+    windows."""
     from longssm import checkpoint as ckpt_io
 
     data = tiny_overrides(corpus_file, tmp_path / "cache", state__scheme="previous", state__reset="document",
                           state__p_zero=0.3, train__checkpoint_every=5, train__steps=10)
-    data["model"] = {"family": family, "d_model": 16, "n_layers": 2, "head_dim": 8, "mlp_expand": 1.0}
+    data["model"] = {"family": family, "layers": layers, "d_model": 16, "n_layers": 2, "head_dim": 8,
+                     "mlp_expand": 1.0, "window": 5}
     cfg = from_dict(RunConfig, data)
     full: dict[int, float] = {}
     train(cfg, tmp_path / "full", on_step=lambda s, l: full.__setitem__(s, l))
@@ -218,8 +225,7 @@ def test_resume_is_bit_identical_with_document_resets(tmp_path, corpus_file, fam
     train(cfg, tmp_path / "cut", resume="auto", on_step=lambda s, l: resumed.__setitem__(s, l))
     assert sorted(resumed) == list(range(6, 11)) and all(resumed[s] == full[s] for s in resumed)
     states = ckpt_io.load_states(tmp_path / "cut" / "checkpoints" / "step-00000010")
-    assert {k for k in states if k.startswith("carried.layers.0.")} == {
-        "carried.layers.0.conv_q", "carried.layers.0.conv_k", "carried.layers.0.conv_v", "carried.layers.0.kv"}
+    assert {k for k in states if k.startswith("carried.layers.0.")} == {f"carried.layers.0.{k}" for k in carried}
     a = load_weights_dict(tmp_path / "full" / "final" / "model.safetensors")
     b = load_weights_dict(tmp_path / "cut" / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
