@@ -159,9 +159,9 @@ class ModelConfig(Checked):
     """Rank R of the Δ projection (Mamba-1); null = ceil(d_model / 16)."""
     head_dim: int = spec(32, ge=1)
     """Head size P (Mamba-2: heads H = expand * d_model / head_dim); the key/query size K per head of deltanet,
-    gated_deltanet and gla."""
+    gated_deltanet, gla and swa."""
     n_heads: int | None = spec(None, ge=1)
-    """Heads H of deltanet, gated_deltanet and gla; null = d_model / head_dim (head_dim must divide d_model)."""
+    """Heads H of deltanet, gated_deltanet, gla and swa; null = d_model / head_dim (head_dim must divide d_model)."""
     v_head_dim: int | None = spec(None, ge=1)
     """Value size V per head of deltanet, gated_deltanet and gla (state per head: head_dim x v_head_dim); null =
     head_dim."""
