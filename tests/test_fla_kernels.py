@@ -171,3 +171,19 @@ def test_the_gpu_check_script_s_fla_section_runs_its_comparisons(fake_fla):
     assert set(result["chunk_gla"]["float32"]) == {"output", "final_state", "grad_q", "grad_k", "grad_v",
                                                    "grad_initial_state", "grad_g"}
     assert gpu_check.main(["--quick", "--device", "cpu"])["skipped"].startswith("no CUDA device")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="runs fla's compiled kernels: needs a CUDA GPU")
+def test_fla_kernels_on_cuda_equal_our_chunked_ops(fla_ops):
+    """The real kernels (benchmarks/gpu_check.py's comparison): values, final states and every gradient, float32
+    and bf16, against our chunked ops in float64 on the GPU."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import gpu_check
+
+    result = gpu_check.check(torch.device("cuda"), (2, 37, 2, 16, 8))
+    assert all(r["ok"] for r in result.values()), result
+    assert fla_kernels.self_check(torch.device("cuda")) is None
