@@ -72,11 +72,13 @@ def _stateless(model: nn.Module) -> Forward:
 
 def build_longssm(vocab: int, dims: dict[str, int], family: str = "mamba") -> tuple[nn.Module, Forward]:
     """longssm's model of ``family`` with the sizes ``dims`` (the Mamba-1 keys; every family reads those it has:
-    Mamba-2 d_state and expand, the linear-attention families d_model / head_dim heads of 32 x 32)."""
+    Mamba-2 d_state and expand, the linear-attention families and SWA d_model / head_dim heads of 32, SWA a window
+    of 64). ``a+b``: a hybrid whose layers alternate a, b (``model.layers``)."""
     from longssm.config import ModelConfig
     from longssm.models import build_model
 
-    model = build_model(ModelConfig(family=family, vocab_size=vocab, **dims))
+    layers = family.split("+") if "+" in family else None
+    model = build_model(ModelConfig(family=layers[0] if layers else family, layers=layers, vocab_size=vocab, **dims))
     return model, model
 
 

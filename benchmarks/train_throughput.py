@@ -12,7 +12,8 @@ model (adapters.py) at each window shape TxB (--shapes), for the byte (256) and 
 
     families                (byte only) longssm's other families at the same d_model and n_layers (--families):
                             Mamba-2 (expand, d_state as Mamba-1's: state e*N per layer) and the linear-attention
-                            families with heads of 32 x 32 (d_model / 32 heads: the same state size)
+                            families with heads of 32 x 32 (d_model / 32 heads: the same state size), sliding-window
+                            attention (heads of 32, window 64) and the hybrid mamba+swa (alternating layers)
 
 Prints one JSON object: train_tokens_per_s.<vocab>.T<T>.<impl> (null: peer not installed),
 ratios.train.<vocab>.T<T>."longssm/<impl>", family_tokens_per_s.byte.T<T>.<family>,
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 import adapters
 import common
 
-FAMILIES = ("mamba2", "deltanet", "gated_deltanet", "gla")
+FAMILIES = ("mamba2", "deltanet", "gated_deltanet", "gla", "swa", "mamba+swa")
 """The families of ``--families`` (default: all); Mamba-1 is the ``longssm`` row, Mamba-2 the reference of ratios."""
 FLOOR_VOCABS = ("gpt2",)
 """Vocabularies whose projection is large enough for the floor to matter."""

@@ -89,7 +89,7 @@ def test_train_throughput_figures(runs):
     families = result["family_tokens_per_s"]["byte"]
     assert list(families) == ["T16", "T32"]
     for key, fig in families.items():
-        assert set(fig) == {"mamba2", "deltanet", "gated_deltanet", "gla"} and all(positive(v) for v in fig.values())
+        assert set(fig) == set(train_throughput.FAMILIES) and all(positive(v) for v in fig.values())
         assert all(f"family:{f}" in details["byte"][key] for f in fig)
         for family, v in fig.items():
             if family != "mamba2":
