@@ -51,6 +51,22 @@ def choice_list(choices: Iterable[str]) -> Callable[[str], list[str]]:
     return parse
 
 
+def shape_pairs(what: str, example: str) -> Callable[[str], list[tuple[int, int]]]:
+    """An option type: comma-separated ``AxB`` pairs of positive integers, e.g. ``"16x64,256x8"`` -> [(16, 64),
+    (256, 8)]; ``what`` and ``example`` name them in the error."""
+
+    def parse(text: str) -> list[tuple[int, int]]:
+        try:
+            pairs = [tuple(int(x) for x in item.split("x")) for item in text.split(",") if item.strip()]
+        except ValueError:
+            pairs = []
+        if not pairs or any(len(p) != 2 or min(p) < 1 for p in pairs):
+            raise argparse.ArgumentTypeError(f"comma-separated {what} shapes such as {example}; got {text!r}")
+        return pairs  # type: ignore[return-value]
+
+    return parse
+
+
 def _shown(value: Any) -> str:
     """A default as it is typed: lists comma-separated, pairs joined by x."""
     if isinstance(value, list):

@@ -39,20 +39,10 @@ NOTES = ["ops: forward + backward with an initial state and the final state, eve
          "figures: torch.utils.benchmark blocked_autorange, the median over the timed blocks"]
 
 
-def shapes(text: str) -> list[tuple[int, int]]:
-    try:
-        pairs = [tuple(int(x) for x in item.split("x")) for item in text.split(",") if item.strip()]
-    except ValueError:
-        pairs = []
-    if not pairs or any(len(p) != 2 or min(p) < 1 for p in pairs):
-        raise argparse.ArgumentTypeError(f"comma-separated LxB shapes such as 16x32,256x4; got {text!r}")
-    return pairs  # type: ignore[return-value]
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = common.BenchParser(__doc__)
-    parser.add_sized("--shapes", [(16, 32), (256, 4), (2048, 1)], [(16, 4), (40, 1)], type=shapes,
-                     help="sequence length x batch")
+    parser.add_sized("--shapes", [(16, 32), (256, 4), (2048, 1)], [(16, 4), (40, 1)],
+                     type=common.shape_pairs("LxB", "16x32,256x4"), help="sequence length x batch")
     parser.add_sized("--state", 16, 8, type=int, help="the SSD's state size n (sets its heads: 128 / n)")
     parser.add_sized("--chunk-size", 64, 16, type=int, help="chunk length of every op")
     return parser.parse_args(argv)

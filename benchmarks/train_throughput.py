@@ -51,15 +51,8 @@ NOTES = [
 ]
 
 
-def shapes(text: str) -> list[tuple[int, int]]:
-    """``"16x64,256x8"`` -> [(16, 64), (256, 8)]: (T, B) pairs."""
-    try:
-        pairs = [tuple(int(x) for x in item.split("x")) for item in text.split(",") if item.strip()]
-    except ValueError:
-        pairs = []
-    if not pairs or any(len(p) != 2 or min(p) < 1 for p in pairs):
-        raise argparse.ArgumentTypeError(f"comma-separated TxB window shapes such as 16x64,256x8; got {text!r}")
-    return pairs  # type: ignore[return-value]
+shapes = common.shape_pairs("TxB window", "16x64,256x8")
+"""``"16x64,256x8"`` -> [(16, 64), (256, 8)]: (T, B) pairs."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -66,6 +66,14 @@ def _refuse_float64(t: Tensor) -> None:
         raise UserError("model.scan fla computes in float32 and this model is float64: use model.scan chunked")
 
 
+def _nothing_to_run(q: Tensor, v: Tensor, initial_state: Tensor | None) -> tuple[Tensor, Tensor]:
+    """l = 0: no kernel launch; an empty output (b, 0, h, V) and the initial state (zeros when None), float32."""
+    b, _, h, dk = q.shape
+    dv = v.shape[-1]
+    start = torch.zeros(b, h, dk, dv, device=v.device) if initial_state is None else initial_state.float()
+    return v.new_zeros(b, 0, h, dv), start
+
+
 def _state(initial_state: Tensor | None) -> Tensor | None:
     """fla's kernels take the initial state in float32 (B, H, K, V), contiguous."""
     return None if initial_state is None else initial_state.float().contiguous()
@@ -79,11 +87,8 @@ def fla_delta_rule(
     ``chunk_delta_rule``. Shapes and dtypes as there: q, k (b, l, h, K), v (b, l, h, V), beta, g (b, l, h),
     initial_state (b, h, K, V) or None -> o (b, l, h, V) in v's dtype, final_state (b, h, K, V) float32."""
     _refuse_float64(v)
-    b, l, h, dk = q.shape
-    dv = v.shape[-1]
-    if l == 0:
-        start = torch.zeros(b, h, dk, dv, device=v.device) if initial_state is None else initial_state.float()
-        return v.new_zeros(b, 0, h, dv), start
+    if q.shape[1] == 0:
+        return _nothing_to_run(q, v, initial_state)
     kernels = load()
     common = dict(scale=scale, initial_state=_state(initial_state), output_final_state=True)
     qkv = (q.to(v.dtype).contiguous(), k.to(v.dtype).contiguous(), v.contiguous())
@@ -101,11 +106,8 @@ def fla_gla(
     """``gla.gla_chunked`` by fla's ``chunk_gla``: q, k, g (b, l, h, K), v (b, l, h, V), initial_state
     (b, h, K, V) or None -> o (b, l, h, V) in v's dtype, final_state (b, h, K, V) float32."""
     _refuse_float64(v)
-    b, l, h, dk = q.shape
-    dv = v.shape[-1]
-    if l == 0:
-        start = torch.zeros(b, h, dk, dv, device=v.device) if initial_state is None else initial_state.float()
-        return v.new_zeros(b, 0, h, dv), start
+    if q.shape[1] == 0:
+        return _nothing_to_run(q, v, initial_state)
     o, final = load().chunk_gla(
         q.to(v.dtype).contiguous(), k.to(v.dtype).contiguous(), v.contiguous(), g.float().contiguous(), scale=scale,
         initial_state=_state(initial_state), output_final_state=True,
