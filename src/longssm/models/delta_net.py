@@ -80,10 +80,6 @@ class DeltaNetMixer(LinearAttentionMixer):
         dt = torch.exp(torch.rand(h) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_floor)
         self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
-    def state_shapes(self) -> dict[str, tuple[int, ...]]:
-        """conv_q, conv_k (h K, k_conv - 1), conv_v (h V, k_conv - 1) (with model.short_conv); kv (h, K, V)."""
-        return {**self.conv_state_shapes(), "kv": (self.n_heads, self.head_k_dim, self.head_v_dim)}
-
     def decay(self, a: Tensor) -> Tensor:
         """Gated DeltaNet's g = log alpha = -exp(A_log) softplus(a + dt_bias), a = a_proj x (b, l, h)."""
         dtype = torch.promote_types(a.dtype, torch.float32)

@@ -60,10 +60,6 @@ class GLAMixer(LinearAttentionMixer):
                                      nn.Linear(config.gate_rank, h * dk, bias=True))
         self.init_like_fla(config.n_layers)
 
-    def state_shapes(self) -> dict[str, tuple[int, ...]]:
-        """conv_q, conv_k (h K, k_conv - 1), conv_v (h V, k_conv - 1) (with model.short_conv); kv (h, K, V)."""
-        return {**self.conv_state_shapes(), "kv": (self.n_heads, self.head_k_dim, self.head_v_dim)}
-
     def forward(self, x: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """x (b, l, d), state {conv_q, conv_k, conv_v (b, c, k_conv - 1), kv (b, h, K, V)} -> (b, l, d), new state."""
         (q, k, v), conv_states, extra = self.project(x, state)

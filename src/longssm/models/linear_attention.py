@@ -80,9 +80,11 @@ class LinearAttentionMixer(nn.Module):
                     nn.init.zeros_(module.bias)
         self.o_proj.weight.div_(math.sqrt(2 * n_layers))
 
-    def conv_state_shapes(self) -> dict[str, tuple[int, ...]]:
-        """{"conv_q": (h K, k_conv - 1), "conv_k": ..., "conv_v": (h V, k_conv - 1)}; {} without short convs."""
-        return {f"conv_{name}": (dim, self.d_conv - 1) for name, dim in self.conv_dims.items()}
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """conv_q, conv_k (h K, k_conv - 1), conv_v (h V, k_conv - 1) (with model.short_conv, else none) and the
+        matrix state kv (h, K, V)."""
+        convs = {f"conv_{name}": (dim, self.d_conv - 1) for name, dim in self.conv_dims.items()}
+        return {**convs, "kv": (self.n_heads, self.head_k_dim, self.head_v_dim)}
 
     def project(self, x: Tensor, state: dict[str, Tensor], extra: tuple[str, ...] = ()
                 ) -> tuple[list[Tensor], dict[str, Tensor], dict[str, Tensor]]:
@@ -93,8 +95,10 @@ class LinearAttentionMixer(nn.Module):
         the same numbers as module by module, with a fraction of the small-kernel calls on the CPU."""
         names = ["q_proj", "k_proj", "v_proj", *extra, *(["g_proj"] if self.g_proj is not None else [])]
         weights = [getattr(self, name).weight for name in names]
-        outputs = dict(zip(names, F.linear(x, torch.cat(weights)).split([w.shape[0] for w in weights], dim=-1)))
-        qkv = torch.cat([outputs.pop(n) for n in ("q_proj", "k_proj", "v_proj")], dim=-1)
+        widths = [w.shape[0] for w in weights]
+        # q, k, v are the first three: one slice of the product, convolved together
+        qkv, *rest = F.linear(x, torch.cat(weights)).split([sum(widths[:3]), *widths[3:]], dim=-1)
+        outputs = dict(zip(names[3:], rest))
         conv_states: dict[str, Tensor] = {}
         if self.conv_dims:
             parts = [f"conv_{name}" for name in self.conv_dims]

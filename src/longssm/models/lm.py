@@ -83,14 +83,13 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.norm = norm
         self.mixer = mixer
-        if mlp is not None:
-            self.mlp_norm, self.mlp = mlp
+        self.mlp_norm, self.mlp = (None, None) if mlp is None else mlp
 
     def forward(self, x: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """x (b, l, d), the layer's state {part: (b, ...)} -> x (b, l, d), the new layer state."""
         y, new_state = self.mixer(self.norm(x), state)
         x = x + y
-        if hasattr(self, "mlp"):
+        if self.mlp is not None:
             x = x + self.mlp(self.mlp_norm(x))
         return x, new_state
 
