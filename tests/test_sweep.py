@@ -128,6 +128,21 @@ def test_bad_grids_are_one_line_errors(tmp_path, corpus_file, capsys, args, mess
     assert not (tmp_path / "sweep" / "cells").exists()  # nothing trained
 
 
+def test_the_corpus_is_tokenized_once_before_any_cell_and_a_missing_one_fails_first(tmp_path, corpus_file, capsys):
+    cache = tmp_path / "cache"
+    cells = sweep_module.plan_cells(str(write_config(tmp_path, corpus_file)), None,
+                                    {"train.seq_len": ["8", "16"]}, tmp_path / "sweep")
+    sweep_module.tokenize_once(cells, progress=False)
+    (entry,) = cache.iterdir()  # both cells read the same file with the same tokenizer: one cache entry
+    assert (entry / "manifest.json").is_file()
+
+    config = write_config(tmp_path, tmp_path / "missing.txt")
+    code = main(["sweep", "--config", str(config), "--out", str(tmp_path / "bad"), "--grid", "train.seq_len=8,16"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "data file not found" in err[0], err
+    assert not (tmp_path / "bad").exists()  # nothing trained, nothing written
+
+
 def test_sweep_arguments_are_sorted_into_options_grid_and_overrides():
     parsed = option_table("sweep").parse(["--config", "configs/a.yaml", "--grid", "train.seq_len=16,64", "--out",
                                           "runs/x.1", "--model.d_model", "64", "--grid=state.scheme=zero,previous",

@@ -18,7 +18,8 @@ every cell before anything is trained.
 A cell is named by the digest of its resolved config (its ``name`` and ``train.progress`` left out), so a rerun
 finds it whatever grid produced it: a finished cell is skipped, an interrupted one resumes from its newest
 checkpoint (``train(..., resume="auto")``), and a grid with new values or new keys adds only the cells that are
-new. Each cell trains in a fresh child process (``python -m longssm.sweep CELL_DIR``): its peak memory is its
+new. The text files the cells read are tokenized once, before the first cell. Each cell trains in a fresh child
+process (``python -m longssm.sweep CELL_DIR``): its peak memory is its
 own (CPU: the process's peak RSS; CUDA: ``torch.cuda.max_memory_allocated``), and a run that stops on
 non-finite steps (``train.max_bad_steps``) is recorded as failed without stopping the sweep.
 """
@@ -147,6 +148,7 @@ def sweep(config: str | Path | dict[str, Any] | None, grid: list[str], out: str 
         raise UserError(f"--out {out} is a file; a sweep writes a directory")
     axes = parse_grid(grid)
     cells = plan_cells(config, overrides, axes, out)
+    tokenize_once([c for c in cells if not is_complete(c.directory / "final")], progress)
     out.mkdir(parents=True, exist_ok=True)
     keys = record_grid_keys(out, list(axes))
     to_train = [c for c in cells if not is_complete(c.directory / "final") and not read_cell(c.directory).get("failed")]
@@ -169,6 +171,23 @@ def sweep(config: str | Path | dict[str, Any] | None, grid: list[str], out: str 
 
 def log(message: str) -> None:
     print(f"[sweep] {message}", file=sys.stderr, flush=True)
+
+
+def tokenize_once(cells: list[Cell], progress: bool) -> None:
+    """Prepare the text files the cells train and validate on (``load_corpus``'s cache) here, once per (file,
+    tokenizer), so that no cell's training time or peak memory includes tokenizing the corpus for the others."""
+    from .data.corpus import load_corpus
+    from .data.tokenizer import load_tokenizer
+
+    seen: set[tuple[str, str, str | None]] = set()
+    for cell in cells:
+        data = cell.config.data
+        read = [(data.train, "train")] + ([(data.valid, "valid")] if cell.config.train.eval_every else [])
+        for spec, role in read:
+            key = (spec, data.tokenizer, data.cache_dir)
+            if key not in seen:
+                seen.add(key)
+                load_corpus(spec, load_tokenizer(data.tokenizer), data.cache_dir, progress=progress, role=role)
 
 
 def record_grid_keys(out: Path, keys: list[str]) -> list[str]:
