@@ -18,12 +18,8 @@ Two oracles for the kernel's side of the mapping:
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import importlib.util
 import os
 import sys
-import types
 import warnings
 
 import pytest
@@ -38,6 +34,7 @@ from longssm.ops import dispatch, ssd_mamba_ssm
 from longssm.ops.dispatch import resolve_scan
 from longssm.ops.ssd import ssd_ref
 from longssm.ops.ssd_mamba_ssm import ssd_mamba_ssm as ssd_adapter
+from mamba_ssm_cpu import interpreted
 from test_mamba2 import NAMES, rel_err, run_with_grads, ssd_inputs, tiny_model, tokens
 
 F64 = torch.float64
@@ -87,55 +84,22 @@ def fake_kernel(monkeypatch) -> list[dict]:
         return fake_mamba_chunk_scan_combined(*args, **kwargs)
 
     monkeypatch.setattr(ssd_mamba_ssm, "load", lambda: kernel)
-    monkeypatch.setattr(dispatch, "mamba_ssm_unavailable", lambda: None)
+    monkeypatch.setattr(dispatch, "mamba_ssm_unavailable", lambda kernel="mamba_ssm": None)
     monkeypatch.setattr(dispatch, "triton_interpreted", lambda: True)  # the fake takes CPU tensors
     return calls
 
 
 @pytest.fixture(scope="module")
 def real_kernel():
-    """The package's own ``mamba_chunk_scan_combined`` on CPU tensors under Triton's interpreter; skipped when the
-    mamba-ssm distribution is not installed.
-
-    A CPU install has no CUDA extensions, and the kernels' Python wrappers assume a GPU around them. Four stubs, none
-    of which touches the arithmetic, let them run here:
-      1. the package ``__init__`` is skipped (it imports the CUDA extension ``selective_scan_cuda``): ``mamba_ssm``
-         is an empty package over the installed directory, so only ``mamba_ssm.ops.triton.*`` is imported;
-      2. ``torch.cuda.device(index)``, entered around every launch, is a no-op context;
-      3. ``torch.cuda.get_device_properties`` gives an SM count (the backward sizes a grid from it);
-      4. every autotuner keeps its first config (timing the others needs a GPU driver).
-    The modules are imported afresh (so their kernels are built for the interpreter) and dropped afterwards.
-    """
-    spec = importlib.util.find_spec("mamba_ssm")
-    if spec is None:
-        pytest.skip("mamba_ssm is not installed (see this module's docstring for a CPU install)")
-    from triton.runtime.autotuner import Autotuner
-
-    def own_modules() -> dict[str, types.ModuleType]:
-        return {k: v for k, v in sys.modules.items() if k == "mamba_ssm" or k.startswith("mamba_ssm.")}
-
-    saved = own_modules()
-    for name in saved:
-        del sys.modules[name]
-    with pytest.MonkeyPatch.context() as mp:
-        package = types.ModuleType("mamba_ssm")
-        package.__path__ = list(spec.submodule_search_locations)
-        mp.setitem(sys.modules, "mamba_ssm", package)
-        mp.setattr(torch.cuda, "device", lambda index: contextlib.nullcontext())
-        mp.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace(multi_processor_count=4))
-        kernel = importlib.import_module("mamba_ssm.ops.triton.ssd_combined").mamba_chunk_scan_combined
-        for module in own_modules().values():
-            for tuner in vars(module).values():
-                if isinstance(tuner, Autotuner):
-                    mp.setattr(tuner, "configs", tuner.configs[:1])
+    """The package's own ``mamba_chunk_scan_combined`` on CPU tensors under Triton's interpreter
+    (``mamba_ssm_cpu.interpreted``); skipped when the mamba-ssm distribution is not installed."""
+    with interpreted(["mamba_ssm.ops.triton.ssd_combined"]) as (module,):
+        kernel = module.mamba_chunk_scan_combined
         ssd_mamba_ssm.load.cache_clear()
         dispatch.mamba_ssm_unavailable.cache_clear()
         assert dispatch.mamba_ssm_unavailable() is None and ssd_mamba_ssm.load() is kernel
         assert dispatch.triton_interpreted(), "TRITON_INTERPRET=1 was not set before triton read it"
         yield kernel
-    for name in own_modules():
-        del sys.modules[name]
-    sys.modules.update(saved)
     ssd_mamba_ssm.load.cache_clear()
     dispatch.mamba_ssm_unavailable.cache_clear()
 
@@ -219,7 +183,7 @@ def test_model_with_fake_kernel_matches_chunked(fake_kernel):
 # ---- how model.scan picks it ----
 
 def test_resolve_scan_when_mamba_ssm_imports(monkeypatch):
-    monkeypatch.setattr(dispatch, "mamba_ssm_unavailable", lambda: None)
+    monkeypatch.setattr(dispatch, "mamba_ssm_unavailable", lambda kernel="mamba_ssm": None)
     monkeypatch.setattr(dispatch, "triton_interpreted", lambda: False)
     kernels = ("mamba_ssm",)
     assert resolve_scan("auto", CUDA, kernels) == "mamba_ssm"

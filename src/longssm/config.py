@@ -140,7 +140,7 @@ class ModelConfig(Checked):
     SECTION: typing.ClassVar[str] = "model"
 
     family: str = "mamba"
-    """Model family: mamba, mamba2, s5, gru, lstm, deltanet, gated_deltanet, gla, a name given to
+    """Model family: mamba, mamba2, mamba3, s5, gru, lstm, deltanet, gated_deltanet, gla, swa, a name given to
     longssm.register_family, or module:BlockClass."""
     vocab_size: int | None = spec(None, ge=2)
     """Vocabulary size V; null = taken from the tokenizer."""
@@ -149,16 +149,16 @@ class ModelConfig(Checked):
     n_layers: int = spec(2, ge=1)
     """Number of residual blocks."""
     d_state: int = spec(16, ge=1)
-    """State size per channel N (Mamba-1/2); number of state dimensions P for S5; ignored for GRU/LSTM and the
+    """State size per channel N (Mamba-1/2/3); number of state dimensions P for S5; ignored for GRU/LSTM and the
     linear-attention families (their state per head is head_dim x v_head_dim)."""
     expand: int = spec(2, ge=1)
-    """Inner width E = expand * d_model (Mamba-1/2)."""
+    """Inner width E = expand * d_model (Mamba-1/2/3)."""
     d_conv: int = spec(4, ge=1)
     """Causal depthwise convolution width K (Mamba-1/2; the short convolutions of deltanet, gated_deltanet, gla)."""
     dt_rank: int | None = spec(None, ge=1)
     """Rank R of the Δ projection (Mamba-1); null = ceil(d_model / 16)."""
     head_dim: int = spec(32, ge=1)
-    """Head size P (Mamba-2: heads H = expand * d_model / head_dim); the key/query size K per head of deltanet,
+    """Head size P (Mamba-2/3: heads H = expand * d_model / head_dim); the key/query size K per head of deltanet,
     gated_deltanet, gla and swa."""
     n_heads: int | None = spec(None, ge=1)
     """Heads H of deltanet, gated_deltanet, gla and swa; null = d_model / head_dim (head_dim must divide d_model)."""
@@ -183,22 +183,25 @@ class ModelConfig(Checked):
     """A SwiGLU MLP sublayer after every mixer (norm -> mixer -> norm -> MLP, as in fla's models), hidden width
     round(mlp_expand * d_model); 0 = none (one sublayer per block). Any family."""
     n_groups: int = spec(1, ge=1)
-    """Number of B/C groups (Mamba-2)."""
+    """Number of B/C groups (Mamba-2, Mamba-3)."""
+    rope_fraction: float = 0.5
+    """Fraction of the state dimensions of B and C that Mamba-3 rotates (its complex-valued state): 0.5 or 1."""
     chunk_size: int = spec(64, ge=1)
-    """Chunk length of the chunked scans (Mamba-2 SSD, S5, the delta rule, GLA); the Mamba-1 chunked scan sizes its
-    blocks itself."""
+    """Chunk length of the chunked scans (Mamba-2 SSD, Mamba-3, S5, the delta rule, GLA); the Mamba-1 chunked scan
+    sizes its blocks itself."""
     scan: Literal["auto", "chunked", "reference", "triton", "mamba_ssm", "fla"] = "auto"
-    """Scan: chunked (fast), reference (loop), triton (Mamba-1 GPU kernel), mamba_ssm (Mamba-2 kernel of the mamba-ssm
-    package), fla (the kernels of fla-core for deltanet, gated_deltanet, gla); a kernel the family lacks runs
-    chunked. auto: on CUDA triton / fla (after a self-check) or mamba_ssm if installed, else chunked."""
+    """Scan: chunked (fast), reference (loop), triton (Mamba-1 GPU kernel), mamba_ssm (Mamba-2 and Mamba-3 kernels of
+    the mamba-ssm package; Mamba-3's computes in bfloat16), fla (the kernels of fla-core for deltanet, gated_deltanet,
+    gla); a kernel the family lacks runs chunked. auto: on CUDA triton / fla / Mamba-3's (after a self-check) or
+    Mamba-2's mamba_ssm if installed, else chunked."""
     norm_eps: float = spec(1e-5, gt=0)
     """RMSNorm / LayerNorm epsilon."""
     dropout: float = spec(0.0, ge=0, le=1)
     """Dropout (S5, GRU, LSTM)."""
     dt_min: float = spec(0.001, gt=0)
-    """Smallest initial time step Δ (Mamba-1/2, S5)."""
+    """Smallest initial time step Δ (Mamba-1/2/3, S5)."""
     dt_max: float = spec(0.1, gt=0)
-    """Largest initial time step Δ (Mamba-1/2, S5)."""
+    """Largest initial time step Δ (Mamba-1/2/3, S5)."""
     tie_embeddings: bool = True
     """The output head is the embedding matrix (false: a separate matrix, as some imported checkpoints have)."""
     delta_scale: list[float] | None = spec(None, gt=0)
@@ -210,6 +213,8 @@ class ModelConfig(Checked):
         # model.family is checked where it is used (models.registry.get_family): only the registry knows the names
         if self.layers is not None and (not self.layers or not all(isinstance(f, str) and f for f in self.layers)):
             raise ConfigError("model.layers", "a non-empty list of family names or null", self.layers)
+        if self.rope_fraction not in (0.5, 1.0):
+            raise ConfigError("model.rope_fraction", "0.5 or 1", self.rope_fraction)
         if self.mlp_expand and round(self.mlp_expand * self.d_model) < 1:
             raise ConfigError("model.mlp_expand", "0 or a width round(mlp_expand * d_model) >= 1", self.mlp_expand)
         if self.dt_min > self.dt_max:

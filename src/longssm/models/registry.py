@@ -3,8 +3,8 @@
 A family is a block class (the protocol ``lm.RecurrentBlock``) and the norm class of its residual layers; the
 language model around it is always ``lm.RecurrentLM``. ``model.family`` names a family in one of two ways:
 
-    a registered name     "mamba", "mamba2", "s5", "gru", "lstm", "deltanet", "gated_deltanet", "gla", "swa", or a name
-                          given to ``register_family``
+    a registered name     "mamba", "mamba2", "mamba3", "s5", "gru", "lstm", "deltanet", "gated_deltanet", "gla",
+                          "swa", or a name given to ``register_family``
     an import path        "package.module:BlockClass": the class is imported at build time (norm: RMSNorm), so
                           a user block can be named from YAML or the command line without Python code
 """
@@ -23,6 +23,7 @@ from .layers import RMSNorm
 from .lm import NormFactory
 from .mamba import MambaMixer
 from .mamba2 import Mamba2Mixer
+from .mamba3 import Mamba3Mixer
 from .rnn import GRUMixer, LSTMMixer
 from .s5 import S5Mixer
 from .swa import SWAMixer
@@ -40,7 +41,7 @@ class Family:
 
 
 _FAMILIES: dict[str, Family] = {}
-_BUILT_IN = ("mamba", "mamba2", "s5", "gru", "lstm", "deltanet", "gated_deltanet", "gla", "swa")
+_BUILT_IN = ("mamba", "mamba2", "mamba3", "s5", "gru", "lstm", "deltanet", "gated_deltanet", "gla", "swa")
 
 
 def register_family(name: str, block_cls: type[nn.Module], *, norm: NormFactory = RMSNorm) -> Family:
@@ -102,6 +103,7 @@ def _check_block_class(block_cls: object, name: str) -> None:
 
 register_family("mamba", MambaMixer, norm=RMSNorm)
 register_family("mamba2", Mamba2Mixer, norm=RMSNorm)
+register_family("mamba3", Mamba3Mixer, norm=RMSNorm)
 register_family("s5", S5Mixer, norm=nn.LayerNorm)
 register_family("gru", GRUMixer, norm=nn.LayerNorm)
 register_family("lstm", LSTMMixer, norm=nn.LayerNorm)

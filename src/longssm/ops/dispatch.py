@@ -3,15 +3,16 @@
     chunked     the fast exact algorithm of each family (blocked scans, ``nn.GRU`` / ``nn.LSTM``)
     reference   the plain sequential loop of the same equations, kept as the oracle of every other implementation
     triton      our Triton Mamba-1 scan (``selective_scan_triton.py``)
-    mamba_ssm   the fused SSD kernel of the optional ``mamba_ssm`` package (``ssd_mamba_ssm.py``), Mamba-2
+    mamba_ssm   the fused kernels of the optional ``mamba_ssm`` package: Mamba-2's SSD (``ssd_mamba_ssm.py``) and
+                Mamba-3's SISO kernel (``mamba3_mamba_ssm.py``)
     fla         the chunk kernels of the optional ``fla-core`` package (``fla_kernels.py``): DeltaNet, Gated
                 DeltaNet, GLA
     auto        the best of these that runs here
 
 A family declares the fast kernels it has (``fast_kernels`` of its block class: Mamba-1 ``("triton",)``, Mamba-2
-``("mamba_ssm",)``, the delta-rule and GLA mixers
-``("fla",)``, the others and user blocks none); ``longssm.models.build_model`` calls ``resolve_scan`` once per
-block when it builds the model, and ``longssm.models.set_scan`` again after the model moves or ``model.scan``
+``("mamba_ssm",)``, Mamba-3 ``("mamba_ssm_mamba3",)`` (selected by ``model.scan mamba_ssm`` too), the delta-rule
+and GLA mixers ``("fla",)``, the others and user blocks none); ``longssm.models.build_model`` calls
+``resolve_scan`` once per block when it builds the model, and ``longssm.models.set_scan`` again after the model moves or ``model.scan``
 changes. The blocks only read the stored choice: nothing here runs during a forward pass.
 """
 
@@ -26,7 +27,7 @@ from typing import Literal
 import torch
 
 from ..errors import UserError, first_line
-from . import fla_kernels, ssd_mamba_ssm
+from . import fla_kernels, mamba3_mamba_ssm, ssd_mamba_ssm
 
 __all__ = ["SCANS", "SELF_CHECK_TOL", "ScanImpl", "mamba_ssm_unavailable", "resolve_scan", "triton_interpreted",
            "triton_self_check"]
@@ -36,6 +37,10 @@ ScanImpl = Literal["chunked", "reference", "triton", "mamba_ssm", "fla"]
 
 SCANS = ("auto", "chunked", "reference", "triton", "mamba_ssm", "fla")
 """The values of ``model.scan``."""
+
+MAMBA_SSM_KERNELS = {"mamba_ssm": ssd_mamba_ssm.load, "mamba_ssm_mamba3": mamba3_mamba_ssm.load}
+"""The kernels of the mamba_ssm package a family may declare, each with its loader: ``model.scan mamba_ssm`` runs
+whichever the family has (and ``resolve_scan`` returns ``mamba_ssm`` for both)."""
 
 
 def resolve_scan(
@@ -61,17 +66,20 @@ def resolve_scan(
         raise UserError(f"model.scan must be auto, chunked, reference, triton, mamba_ssm or fla; got {scan!r}")
     if scan in ("chunked", "reference"):
         return scan
+    mamba_kernel = next((k for k in kernels if k in MAMBA_SSM_KERNELS), None)
     if scan == "auto":
         if device.type != "cuda" or dtype == torch.float64:
             return "chunked"
         if "triton" in kernels and _triton_passes_self_check(device):
             return "triton"
-        if "mamba_ssm" in kernels and mamba_ssm_unavailable() is None:
+        if mamba_kernel == "mamba_ssm" and mamba_ssm_unavailable() is None:
+            return "mamba_ssm"
+        if mamba_kernel == "mamba_ssm_mamba3" and _mamba3_passes_self_check(device):
             return "mamba_ssm"
         if "fla" in kernels and _fla_passes_self_check(device):
             return "fla"
         return "chunked"
-    if scan not in kernels:
+    if scan not in kernels and not (scan == "mamba_ssm" and mamba_kernel):
         return "chunked"
     if scan == "fla":
         if device.type != "cuda":  # checked first: importing fla on a CPU machine only prints its warnings
@@ -88,7 +96,7 @@ def resolve_scan(
             raise UserError("model.scan triton needs the triton package: pip install longssm[gpu]") from err
         interpreted = selective_scan_triton.INTERPRETED
     else:
-        reason = mamba_ssm_unavailable()
+        reason = mamba_ssm_unavailable(mamba_kernel or "mamba_ssm")
         if reason is not None:
             raise UserError(f"model.scan mamba_ssm needs the mamba_ssm package (pip install mamba-ssm): {reason}")
         interpreted = triton_interpreted()
@@ -99,11 +107,11 @@ def resolve_scan(
 
 
 @functools.cache
-def mamba_ssm_unavailable() -> str | None:
-    """None when ``ssd_mamba_ssm.load()`` works, else why not: the import error's type and first line (checked
-    once)."""
+def mamba_ssm_unavailable(kernel: str = "mamba_ssm") -> str | None:
+    """None when the loader of ``kernel`` (``MAMBA_SSM_KERNELS``: Mamba-2's SSD by default) works, else why not:
+    the import error's type and first line (checked once per kernel)."""
     try:
-        ssd_mamba_ssm.load()
+        MAMBA_SSM_KERNELS[kernel]()
     except Exception as err:  # ImportError, or a broken CUDA / Triton build
         return f"{type(err).__name__}: {first_line(err)}"
     return None
@@ -181,5 +189,18 @@ def _fla_passes_self_check(device: torch.device) -> bool:
     reason = fla_kernels.self_check(device)
     if reason is not None:
         warnings.warn(f"model.scan auto: fla's kernels failed their self-check on {device} ({reason}); "
+                      "using chunked", RuntimeWarning, stacklevel=2)
+    return reason is None
+
+
+@functools.cache
+def _mamba3_passes_self_check(device: torch.device) -> bool:
+    """``mamba3_mamba_ssm.self_check`` once per device: False without the package (silently) or after a failure
+    (one warning)."""
+    if mamba_ssm_unavailable("mamba_ssm_mamba3") is not None:
+        return False
+    reason = mamba3_mamba_ssm.self_check(device)
+    if reason is not None:
+        warnings.warn(f"model.scan auto: mamba_ssm's Mamba-3 kernel failed its self-check on {device} ({reason}); "
                       "using chunked", RuntimeWarning, stacklevel=2)
     return reason is None

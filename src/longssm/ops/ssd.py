@@ -141,6 +141,38 @@ def _ssd_block(xdt: Tensor, a: Tensor, B: Tensor, C: Tensor, state: Tensor) -> t
     return y, state
 
 
+def decayed_scan(xw: Tensor, a: Tensor, B: Tensor, C: Tensor, state: Tensor, chunk_size: int,
+                 needs_grad: bool) -> tuple[Tensor, Tensor]:
+    """The chunked algorithm of ``ssd_chunked`` for any input weights and log-decays (Mamba-3 reuses it):
+
+        h_t = exp(a_t) h_{t-1} + xw_t B_t^T,   y_t = h_t C_t
+
+    xw (b, l, h, p) (SSD: Δ x), a (b, l, h) <= 0 (SSD: Δ A), B, C (b, l, g, n), state (b, h, p, n), all in the
+    compute dtype, l >= 1 -> y (b, l, h, p), final state (b, h, p, n). A tail shorter than a chunk is padded with
+    a = 0, xw = 0 (decay 1, no input), so the final state is the state after the last real token. Without
+    ``needs_grad`` the chunks are processed in blocks of ``EVAL_BLOCK_CHUNKS``, carrying the state (memory
+    constant in l)."""
+    b, l, h, p = xw.shape
+    g, n = B.shape[-2:]
+    r = h // g
+    q = min(chunk_size, l)
+    pad = (-l) % q
+    xw, a, B, C = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (xw, a, B, C))
+    nc = (l + pad) // q
+    xw = xw.reshape(b, nc, q, g, r, p)
+    a = a.reshape(b, nc, q, g, r)
+    B, C = B.reshape(b, nc, q, g, n), C.reshape(b, nc, q, g, n)
+    state = state.reshape(b, g, r, p, n)
+    block = nc if needs_grad else EVAL_BLOCK_CHUNKS
+    ys = []
+    for c0 in range(0, nc, block):
+        s = slice(c0, c0 + block)
+        y_blk, state = _ssd_block(xw[:, s], a[:, s], B[:, s], C[:, s], state)
+        ys.append(y_blk)
+    y = torch.cat(ys, dim=1) if len(ys) > 1 else ys[0]
+    return y.reshape(b, nc * q, h, p)[:, :l], state.reshape(b, h, p, n).contiguous()
+
+
 def ssd_chunked(
     x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
     initial_state: Tensor | None = None, chunk_size: int = 64,
@@ -157,32 +189,15 @@ def ssd_chunked(
     in blocks of ``EVAL_BLOCK_CHUNKS`` chunks, carrying the state, so the quadratic intermediates take constant
     memory in l.
     """
-    b, l, h, p, g, n = _check_shapes(x, dt, A, B, C)
+    b, l, h, p, _, n = _check_shapes(x, dt, A, B, C)
     dtype = _compute_dtype(x)
-    r = h // g
     state = _start_state(initial_state, x, n, dtype)
     if l == 0:
         return x.new_zeros(b, 0, h, p), state
-    q = min(chunk_size, l)
-    pad = (-l) % q
-    xdt = (x.to(dtype) * dt.to(dtype)[..., None])
-    a = dt.to(dtype) * A.to(dtype)
-    xdt, a, Bc, Cc = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (xdt, a, B.to(dtype), C.to(dtype)))
-    nc = (l + pad) // q
-    xdt = xdt.reshape(b, nc, q, g, r, p)
-    a = a.reshape(b, nc, q, g, r)
-    Bc, Cc = Bc.reshape(b, nc, q, g, n), Cc.reshape(b, nc, q, g, n)
-    state = state.reshape(b, g, r, p, n)
-
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, dt, A, B, C, D, initial_state)
     )
-    block = nc if needs_grad else EVAL_BLOCK_CHUNKS
-    ys = []
-    for c0 in range(0, nc, block):
-        s = slice(c0, c0 + block)
-        y_blk, state = _ssd_block(xdt[:, s], a[:, s], Bc[:, s], Cc[:, s], state)
-        ys.append(y_blk)
-    y = torch.cat(ys, dim=1) if len(ys) > 1 else ys[0]
-    y = y.reshape(b, nc * q, h, p)[:, :l]
-    return _add_skip(y, x, D), state.reshape(b, h, p, n).contiguous()
+    dt = dt.to(dtype)
+    y, state = decayed_scan(x.to(dtype) * dt[..., None], dt * A.to(dtype), B.to(dtype), C.to(dtype), state,
+                            chunk_size, needs_grad)
+    return _add_skip(y, x, D), state
