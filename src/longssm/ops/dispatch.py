@@ -12,8 +12,8 @@
 A family declares the fast kernels it has (``fast_kernels`` of its block class: Mamba-1 ``("triton",)``, Mamba-2
 ``("mamba_ssm",)``, Mamba-3 ``("mamba_ssm_mamba3",)`` (selected by ``model.scan mamba_ssm`` too), the delta-rule
 and GLA mixers ``("fla",)``, the others and user blocks none); ``longssm.models.build_model`` calls
-``resolve_scan`` once per block when it builds the model, and ``longssm.models.set_scan`` again after the model moves or ``model.scan``
-changes. The blocks only read the stored choice: nothing here runs during a forward pass.
+``resolve_scan`` once per block when it builds the model, and ``longssm.models.set_scan`` again after the model
+moves or ``model.scan`` changes. The blocks only read the stored choice: nothing here runs during a forward pass.
 """
 
 from __future__ import annotations
