@@ -34,7 +34,7 @@ import torch.nn.functional as F
 import adapters
 import common
 
-FAMILIES = ("mamba2", "deltanet", "gated_deltanet", "gla", "swa", "mamba+swa")
+FAMILIES = ("mamba2", "mamba3", "deltanet", "gated_deltanet", "gla", "swa", "mamba+swa")
 """The families of ``--families`` (default: all); Mamba-1 is the ``longssm`` row, Mamba-2 the reference of ratios."""
 FLOOR_VOCABS = ("gpt2",)
 """Vocabularies whose projection is large enough for the floor to matter."""
