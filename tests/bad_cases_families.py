@@ -1,6 +1,6 @@
-"""Bad-input cases of issues 22 and 23 (the delta-rule and GLA families; sliding-window attention and hybrids), run
-by ``tests/test_bad_inputs.py`` like its own ``CASES``: (case id, argv as a function of ``Inputs``, text the one
-error line must contain, exit code).
+"""Bad-input cases of issues 22 and 23 (the delta-rule and GLA families; sliding-window attention, hybrids,
+Mamba-3), run by ``tests/test_bad_inputs.py`` like its own ``CASES``: (case id, argv as a function of ``Inputs``,
+text the one error line must contain, exit code).
 ``make_inputs(root)``: the checkpoint directories of model types that longssm does not import."""
 
 from __future__ import annotations
@@ -38,6 +38,16 @@ CASES: list[tuple[str, object, str, int]] = [
     ("swa: a noise scheme on a cache", lambda i: i.train("--model.layers", "mamba,swa", "--model.head_dim", "8",
                                                          "--state.scheme", "random_noise"),
      "state.scheme random_noise adds noise to every carried state, and a swa layer's state is a cache", 2),
+    ("mamba3: head_dim does not divide expand * d_model", lambda i: family(i, "mamba3", "--model.head_dim", "5"),
+     "model.head_dim must divide expand * d_model = 32; got 5", 2),
+    ("mamba3: rope_fraction neither 0.5 nor 1", lambda i: family(i, "mamba3", "--model.rope_fraction", "0.3"),
+     "model.rope_fraction must be 0.5 or 1; got 0.3", 2),
+    ("mamba3: too small a state to rotate", lambda i: family(i, "mamba3", "--model.head_dim", "8",
+                                                             "--model.d_state", "2"),
+     "mamba3 needs model.d_state * model.rope_fraction >= 2 (one rotated pair); got d_state=2", 2),
+    ("mamba3: model.scan mamba_ssm on the CPU", lambda i: family(i, "mamba3", "--model.head_dim", "8",
+                                                                 "--model.scan", "mamba_ssm"),
+     "model.scan mamba_ssm runs on CUDA devices", 2),
     ("import: an fla directory of an unsupported model type",
      lambda i: ["import", i.path("fla_rwkv7"), "--out", i.path("imported_rwkv7"), "--tokenizer", "byte"],
      "model_type 'rwkv7' is not supported", 2),

@@ -71,8 +71,9 @@ def tiny_overrides(corpus: Path, cache: Path, **extra) -> dict:
 
 
 def longssm(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run the real command line in a child process (one CPU thread)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    """Run the real command line in a child process (one CPU thread), as a user's shell would: without the
+    ``TRITON_INTERPRET=1`` that the kernel tests set in this process."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "longssm", *args], capture_output=True, text=True, cwd=cwd, env=env,
                           timeout=300)
 

@@ -315,18 +315,20 @@ def import_checkpoint(path: str, out: str, tokenizer: str | None = None) -> None
     print(f"wrote {run_import(path, out, tokenizer)}")
 
 
-def export(run: str, out: str, format: Literal["hf"] = "hf") -> None:
-    """Export a run or checkpoint (mamba, mamba2; gated_deltanet, deltanet, gla with an MLP, as fla's classes) as a
-    directory that transformers' from_pretrained loads (fla's models after `import fla`).
+def export(run: str, out: str, format: Literal["hf", "mamba_ssm"] = "hf") -> None:
+    """Export a run or checkpoint (hf: mamba, mamba2; gated_deltanet, deltanet, gla with an MLP, as fla's classes;
+    mamba_ssm: mamba, mamba2, mamba3) as a directory that transformers' from_pretrained loads (fla's models after
+    `import fla`), or that mamba_ssm's MambaLMHeadModel reads.
 
     Args:
         run: Run directory or checkpoint directory.
         out: Directory to write (must not exist; written atomically).
-        format: hf (config.json + model.safetensors + tokenizer.json, as save_pretrained writes them).
+        format: hf (config.json + model.safetensors + tokenizer.json, as save_pretrained writes them) or mamba_ssm
+            (config.json with ssm_cfg + model.safetensors with mamba_ssm's names; Mamba-3 has only this format).
     """
-    from .convert import export_hf
+    from .convert import export_hf, export_mamba_ssm
 
-    print(f"wrote {export_hf(run, out)}")
+    print(f"wrote {(export_mamba_ssm if format == 'mamba_ssm' else export_hf)(run, out)}")
 
 
 def calibrate(run: str, method: Literal["delta_scale", "a_scale"], target_length: int, data: str, out: str,

@@ -4,13 +4,17 @@ Import reads a Hugging Face (mamba, mamba2), fla (gated_deltanet, delta_net, gla
 (``pretrained.read_pretrained``, which also serves ``train --init-from``: what is read, and what is refused) and
 writes a longssm run directory.
 
-Directory written (``export_hf``): ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json``), as
-``save_pretrained`` writes them, so ``from_pretrained`` loads it and its logits equal ours:
+Directory written (``export_hf``; ``export_mamba_ssm`` for ``--format mamba_ssm``, below): ``config.json`` +
+``model.safetensors`` (+ ``tokenizer.json``), as ``save_pretrained`` writes them, so ``from_pretrained`` loads it and
+its logits equal ours:
     mamba, mamba2                   transformers' ``MambaForCausalLM`` / ``Mamba2ForCausalLM``
     gated_deltanet, deltanet, gla   fla's ``GatedDeltaNetForCausalLM`` / ``DeltaNetForCausalLM`` /
                                     ``GLAForCausalLM`` (``import fla`` registers them with transformers' Auto
                                     classes); only runs with the MLP sublayer (model.mlp_expand > 0), as fla's
                                     models always have one, and GLA with model.gate_rank 16
+``export_mamba_ssm`` writes mamba_ssm's own layout (``MambaLMHeadModel``: ``config.json`` with ``d_model``,
+``n_layer``, ``vocab_size``, ``ssm_cfg`` naming the layer Mamba1 / Mamba2 / Mamba3, and ``backbone.embedding``):
+the only format of Mamba-3, which has no transformers class; ``longssm import`` reads it back.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from .files import atomic_dir
 from .models import build_model
 from .models.hf_adapters import hf_adapter
 from .models.linear_attention import head_sizes
-from .models.lm import HEAD
+from .models.lm import EMBEDDING, HEAD, with_head
 from .outputs import check_new_directory
 from .paths import resolve_path
 from .pretrained import (
@@ -41,8 +45,15 @@ from .pretrained import (
     HF_ARCHITECTURES,
     HF_FIELDS,
     HF_FIXED,
+    MAMBA_SSM_CFG,
+    MAMBA_SSM_FAMILIES,
+    MAMBA_SSM_FIELDS,
+    MAMBA_SSM_FIXED,
     read_pretrained,
 )
+
+MAMBA_SSM_EMBEDDING = "backbone.embedding.weight"
+"""mamba_ssm's name of the embedding matrix (ours is ``backbone.embeddings.weight``)."""
 
 
 def import_checkpoint(path: str | Path, out: str | Path, tokenizer: str | None = None) -> Path:
@@ -77,8 +88,9 @@ def hf_config(model: ModelConfig) -> dict[str, Any]:
     if model.family in fla_types:
         return _fla_config(model, fla_types[model.family])
     if model.family not in HF_FIELDS:
+        hint = "; export it with --format mamba_ssm" if model.family in MAMBA_SSM_FAMILIES.values() else ""
         raise UserError(f"family {model.family!r} has no Hugging Face class (export: "
-                        f"{', '.join([*HF_FIELDS, *fla_types])})")
+                        f"{', '.join([*HF_FIELDS, *fla_types])}){hint}")
     scales = [s for s in (model.delta_scale, model.a_scale) if s is not None]
     if any(v != 1 for s in scales for v in s):
         raise UserError("this run has calibrated Δ / A scales, which the Hugging Face classes do not have; "
@@ -119,15 +131,53 @@ def _fla_config(model: ModelConfig, model_type: str) -> dict[str, Any]:
             **FLA_FIXED[model_type], "dtype": "float32"}
 
 
+def mamba_ssm_config(model: ModelConfig) -> dict[str, Any]:
+    """The ``config.json`` of mamba_ssm's ``MambaLMHeadModel`` that computes what ``model`` does (the inverse of
+    ``pretrained._mamba_ssm_model_config``): one family of Mamba layers, no MLP, no calibrated scales."""
+    layers = {family: layer for layer, family in MAMBA_SSM_FAMILIES.items()}
+    if model.family not in layers or (model.layers is not None and set(model.layers) != {model.family}):
+        raise UserError(f"--format mamba_ssm writes mamba, mamba2 and mamba3 models; this run is "
+                        f"{','.join(model.layers or [model.family])}")
+    if model.mlp_expand:
+        raise UserError("this run has an MLP sublayer (model.mlp_expand), which mamba_ssm's LM names differently; "
+                        "--format mamba_ssm writes runs without one")
+    if any(v != 1 for s in (model.delta_scale, model.a_scale) if s is not None for v in s):
+        raise UserError("this run has calibrated Δ / A scales, which mamba_ssm's modules do not have; export the run "
+                        "it was calibrated from")
+    fields, fixed = MAMBA_SSM_CFG[layers[model.family]]
+    ssm_cfg = {"layer": layers[model.family], **{key: getattr(model, field) for key, (field, _) in fields.items()},
+               **fixed}
+    if ssm_cfg.get("dt_rank", "auto") is None:
+        ssm_cfg["dt_rank"] = "auto"
+    config = {key: getattr(model, field) for key, (field, _) in MAMBA_SSM_FIELDS.items()}
+    return {**config, "vocab_size": model.vocab_size, "pad_vocab_size_multiple": 1, "ssm_cfg": ssm_cfg,
+            **MAMBA_SSM_FIXED, "residual_in_fp32": True, "fused_add_norm": True}
+
+
 def export_hf(run: str | Path, out: str | Path) -> Path:
     """Write the run (or checkpoint) ``run`` as a Hugging Face directory ``out`` (atomically): ``config.json``,
     ``model.safetensors`` (the tied head left out, as ``save_pretrained`` does) and the run's ``tokenizer.json``
     when it has one (byte-level runs have none). ``out`` must not exist nor lie inside a checkpoint or a run's files
     (``outputs.py``)."""
+    return _export(run, out, "hf")
+
+
+def export_mamba_ssm(run: str | Path, out: str | Path) -> Path:
+    """Write the run (or checkpoint) ``run`` in mamba_ssm's layout (``mamba_ssm_config``; weights under its names,
+    ``backbone.embedding.weight``), otherwise as ``export_hf``."""
+    return _export(run, out, "mamba_ssm")
+
+
+def _export(run: str | Path, out: str | Path, format: str) -> Path:
     check_new_directory(out, "--out")
     model, cfg, _ = load_model(run)
-    config = hf_config(cfg.model)
-    weights = hf_adapter(cfg.model.family).to_hf(model.state_dict())
+    if format == "mamba_ssm":
+        config = mamba_ssm_config(cfg.model)
+        weights = with_head(model.state_dict())
+        weights[MAMBA_SSM_EMBEDDING] = weights.pop(EMBEDDING)
+    else:
+        config = hf_config(cfg.model)
+        weights = hf_adapter(cfg.model.family).to_hf(model.state_dict())
     if cfg.model.tie_embeddings:
         del weights[HEAD]
     with atomic_dir(out) as tmp:

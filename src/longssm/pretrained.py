@@ -7,7 +7,8 @@ Directories read (``read_pretrained``, used by ``longssm import`` and ``train --
                    ``save_pretrained`` writes them: our families gated_deltanet, deltanet, gla, always with the MLP
                    sublayer (``model.mlp_expand`` = intermediate_size / hidden_size)
     mamba_ssm      ``config.json`` with ``d_model``, ``n_layer``, ``vocab_size``, ``ssm_cfg`` (``"layer": "Mamba2"``
-                   for Mamba-2), ``pad_vocab_size_multiple``: the vocabulary is padded up to that multiple
+                   for Mamba-2, ``"Mamba3"`` for Mamba-3 SISO), ``pad_vocab_size_multiple``: the vocabulary is
+                   padded up to that multiple
     longssm        a run or checkpoint directory
 and the weights of the first three from ``model.safetensors`` or ``pytorch_model.bin``, or from the shards their
 ``.index.json`` lists. A ``.bin`` is read with ``torch.load(weights_only=True)`` only: tensors and nothing else.
@@ -122,9 +123,17 @@ MAMBA_SSM_CFG: dict[str, tuple[dict[str, tuple[str, Any]], dict[str, Any]]] = {
         {"conv_bias": True, "bias": False, "rmsnorm": True, "norm_before_gate": False, "D_has_hdim": False,
          "d_ssm": None, "dt_limit": [0.0, math.inf]},
     ),
+    "Mamba3": (
+        {"d_state": ("d_state", 128), "expand": ("expand", 2), "headdim": ("head_dim", 64),
+         "ngroups": ("n_groups", 1), "rope_fraction": ("rope_fraction", 0.5), "chunk_size": ("chunk_size", 64),
+         "dt_min": ("dt_min", 0.001), "dt_max": ("dt_max", 0.1)},
+        {"is_mimo": False, "is_outproj_norm": False, "A_floor": 1e-4},
+    ),
 }
+MAMBA_SSM_FAMILIES = {"Mamba1": "mamba", "Mamba2": "mamba2", "Mamba3": "mamba3"}
+"""ssm_cfg["layer"] -> our family."""
 MAMBA_SSM_INIT_ONLY = {"layer", "dt_init", "dt_scale", "dt_init_floor", "A_init_range", "use_fast_path",
-                       "use_mem_eff_path", "learnable_init_states"}
+                       "use_mem_eff_path", "learnable_init_states", "mimo_rank", "dropout"}
 """ssm_cfg keys that only change the initialisation or the kernel, not what a trained model computes."""
 
 
@@ -301,7 +310,7 @@ def _mamba_ssm_model_config(raw: dict[str, Any], path: Path) -> ModelConfig:
         raise UserError(f"{path}: no vocab_size")
     multiple = raw.get("pad_vocab_size_multiple", 8)
     return ModelConfig(
-        family="mamba2" if layer == "Mamba2" else "mamba",
+        family=MAMBA_SSM_FAMILIES[layer],
         vocab_size=math.ceil(raw["vocab_size"] / multiple) * multiple,
         **_translate(raw, MAMBA_SSM_FIELDS, MAMBA_SSM_FIXED, path), **_translate(ssm_cfg, ssm_fields, ssm_fixed, path),
     )

@@ -2,7 +2,8 @@
 torchtitan's ``models/*/state_dict_adapter.py``).
 
 Mamba-1 / Mamba-2: our parameter names are those of HF ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` (see ``lm.py``),
-so the mapping is the identity except for what other writers do differently:
+and Mamba-3's those of mamba_ssm's ``Mamba3`` inside its ``MambaLMHeadModel``, so the mapping is the identity except
+for what other writers do differently:
 
     original ``mamba_ssm`` files       ``backbone.embedding.weight`` (singular)  ->  ``backbone.embeddings.weight``
     ``save_pretrained`` files          no ``lm_head.weight`` (tied)              ->  the embedding matrix
@@ -125,6 +126,7 @@ _MAMBA_SSM_RENAMES = {"backbone.embedding.weight": EMBEDDING}
 HF_ADAPTERS: dict[str, StateDictAdapter] = {
     "mamba": HFStateDictAdapter(_MAMBA_SSM_RENAMES),  # transformers.MambaForCausalLM, mamba_ssm MambaLMHeadModel
     "mamba2": HFStateDictAdapter(_MAMBA_SSM_RENAMES),  # transformers.Mamba2ForCausalLM, mamba_ssm (Mamba2 layers)
+    "mamba3": HFStateDictAdapter(_MAMBA_SSM_RENAMES),  # mamba_ssm MambaLMHeadModel with Mamba3 layers
     "gated_deltanet": FLAStateDictAdapter(),  # fla GatedDeltaNetForCausalLM
     "deltanet": FLAStateDictAdapter(),  # fla DeltaNetForCausalLM
     "gla": FLAStateDictAdapter(gated_norm="g_norm_swish_gate", plain_norm="g_norm"),  # fla GLAForCausalLM

@@ -4,8 +4,8 @@ References
     [1] A. Lahoti, K. Y. Li, B. Chen, C. Wang, A. Bick, J. Z. Kolter, T. Dao, A. Gu. "Mamba-3: Improved Sequence
         Modeling using State Space Principles." ICLR 2026, arXiv:2603.15569.
     [2] state-spaces/mamba, ``mamba_ssm/modules/mamba3.py`` (``Mamba3``, is_mimo=False, is_outproj_norm=False):
-        parameter names here are its names, so its ``state_dict`` loads after one reshape (``B_bias``, ``C_bias``
-        are (h, 1, n) there, (h, n) here: ``longssm import`` does it).
+        parameter names and shapes here are its own, so its ``state_dict`` loads with ``strict=True`` (``B_bias``,
+        ``C_bias`` are (h, 1, n): the 1 is [2]'s MIMO rank, 1 for SISO).
     [3] state-spaces/mamba, ``mamba_ssm/ops/triton/mamba3/mamba3_siso_combined.py``: the fused kernel that
         ``model.scan mamba_ssm`` runs (``ops/mamba3_mamba_ssm.py``); ``chunked`` is ``ops/mamba3.py``'s chunked
         algorithm, ``reference`` its sequential loop.
@@ -82,8 +82,8 @@ class Mamba3Mixer(nn.Module):
         h = self.n_heads
         self.in_proj = nn.Linear(d, 2 * e + 2 * g * n + 3 * h + S, bias=False)
         self.dt_bias = nn.Parameter(torch.empty(h))
-        self.B_bias = nn.Parameter(torch.ones(h, n))
-        self.C_bias = nn.Parameter(torch.ones(h, n))
+        self.B_bias = nn.Parameter(torch.ones(h, 1, n))  # (h, rank 1, n), as [2]
+        self.C_bias = nn.Parameter(torch.ones(h, 1, n))
         self.B_norm = RMSNorm(n, eps=config.norm_eps)
         self.C_norm = RMSNorm(n, eps=config.norm_eps)
         self.D = nn.Parameter(torch.ones(h))
@@ -112,8 +112,8 @@ class Mamba3Mixer(nn.Module):
         dt = F.softplus(dd_dt + self.dt_bias)                                          # Δ (b, l, h)
         a = -F.softplus(dd_A).clamp(min=A_FLOOR) * dt                                  # A Δ <= 0
         heads = h // g
-        B = (self.B_norm(B.reshape(b, l, g, n)).repeat_interleave(heads, dim=2) + self.B_bias)
-        C = (self.C_norm(C.reshape(b, l, g, n)).repeat_interleave(heads, dim=2) + self.C_bias)
+        B = self.B_norm(B.reshape(b, l, g, n)).repeat_interleave(heads, dim=2) + self.B_bias[:, 0]
+        C = self.C_norm(C.reshape(b, l, g, n)).repeat_interleave(heads, dim=2) + self.C_bias[:, 0]
         angle = angle[:, :, None].expand(b, l, h, S)
         args = (x.reshape(b, l, h, p), dt, a, trap, B, C, angle)
         start = Mamba3State(state["angle"], state["ssm"], state["k"], state["v"])

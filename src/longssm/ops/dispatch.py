@@ -96,13 +96,14 @@ def resolve_scan(
             raise UserError("model.scan triton needs the triton package: pip install longssm[gpu]") from err
         interpreted = selective_scan_triton.INTERPRETED
     else:
+        interpreted = triton_interpreted()
+    if device.type != "cuda" and not interpreted:  # first: a CPU build of mamba_ssm fails to import its CUDA parts
+        raise UserError(f"model.scan {scan} runs on CUDA devices (or on the CPU under TRITON_INTERPRET=1); "
+                        f"the model is on {device.type}: use model.scan chunked")
+    if scan == "mamba_ssm":
         reason = mamba_ssm_unavailable(mamba_kernel or "mamba_ssm")
         if reason is not None:
             raise UserError(f"model.scan mamba_ssm needs the mamba_ssm package (pip install mamba-ssm): {reason}")
-        interpreted = triton_interpreted()
-    if device.type != "cuda" and not interpreted:
-        raise UserError(f"model.scan {scan} runs on CUDA devices (or on the CPU under TRITON_INTERPRET=1); "
-                        f"the model is on {device.type}: use model.scan chunked")
     return scan
 
 
