@@ -11,10 +11,18 @@ command. Sections (issue 26 adds the Triton Mamba-1 scan, mamba_ssm's Mamba-2, t
             every input (the initial state included), with float32 and bfloat16 inputs (relative error, norm);
             then the time of one forward + backward of fla's kernel and of our chunked op (float32) at
             B x L x H x K x V = 8 x 2048 x 8 x 64 x 64 (--quick: 2 x 256 x 2 x 32 x 32).
+    mamba3  mamba_ssm's ``mamba3_siso_combined`` through ``ops/mamba3_mamba_ssm.py`` (the ``model.scan mamba_ssm``
+            path of the mamba3 family) against ``ops/mamba3.py``'s chunked op in float64: ``self_check`` (y, the
+            four final states and every input's gradient, from a non-zero state, to 5e-2: the kernel rounds its
+            inputs to bfloat16; on a failure it names the tensor); then the time of one forward + backward of the
+            kernel and of our chunked op (float32) at B x L x H x P x N = 8 x 2048 x 8 x 64 x 64 (--quick: 2 x 256
+            x 2 x 16 x 16). Triton's interpreter cannot run the kernel's backward (its bfloat16 arithmetic), so
+            this is where the kernel's gradients are checked.
 
 Prints one JSON object: fla.<kernel>.<dtype>.<tensor> = relative error, fla.<kernel>.ok (every error below the
 tolerance of its dtype: 2e-3 float32, 5e-2 bfloat16), speed.<kernel>.{fla_ms, chunked_ms, "chunked/fla"}, and a
-short table on stderr. Without a CUDA device (or without fla) it prints {"skipped": why} and exits 0.
+short table on stderr; mamba3.{self_check, ok, speed}. Without a CUDA device it prints {"skipped": why} and exits
+0; a section whose package does not import is {"skipped": why}.
 """
 
 from __future__ import annotations
@@ -107,6 +115,34 @@ def speed(device: torch.device, shape: tuple[int, ...]) -> dict[str, Any]:
     return out
 
 
+def mamba3_section(device: torch.device, quick: bool) -> dict[str, Any]:
+    """self_check's verdict, every tensor's error at the self-check's problem, and the speed of kernel vs chunked."""
+    from longssm.ops import dispatch, mamba3_mamba_ssm
+    from longssm.ops.mamba3 import Mamba3State, mamba3_chunked
+
+    if (reason := dispatch.mamba_ssm_unavailable("mamba_ssm_mamba3")) is not None:
+        return {"skipped": f"mamba_ssm's Mamba-3 kernel does not import: {reason}"}
+    verdict = mamba3_mamba_ssm.self_check(device)
+    b, l, h, p, n, S = (2, 256, 2, 16, 16, 4) if quick else (8, 2048, 8, 64, 64, 16)
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(b, l, h, p), (b, l, h), (b, l, h), (b, l, h), (b, l, h, n), (b, l, h, n), (b, l, h, S), (h,)]
+    inputs = [torch.randn(shape, generator=gen) for shape in shapes]
+    inputs[1] = F.softplus(inputs[1]) * 0.1
+    inputs[2] = -inputs[1] * torch.rand(b, l, h, generator=gen)
+    leaves = [t.to(device).requires_grad_() for t in inputs]
+    start = Mamba3State(*(torch.zeros(b, h, *d, device=device) for d in ((S,), (p, n), (n,), (p,))))
+
+    def step(op) -> None:
+        y, final = op(*leaves, initial_state=start, chunk_size=64)
+        (y.sum() + final.ssm.sum()).backward()
+
+    kernel_s = seconds(lambda: step(mamba3_mamba_ssm.mamba3_mamba_ssm), device)
+    ours_s = seconds(lambda: step(mamba3_chunked), device)
+    return {"self_check": verdict or "ok", "ok": verdict is None,
+            "speed": {"kernel_ms": 1e3 * kernel_s, "chunked_ms": 1e3 * ours_s, "chunked/kernel": ours_s / kernel_s},
+            "speed_shape": [b, l, h, p, n, S]}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = common.BenchParser(__doc__)
     parser.add_argument("--device", default="cuda", help="the CUDA device (default cuda)")
@@ -119,17 +155,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if device.type != "cuda" or not torch.cuda.is_available():
             return {"skipped": f"no CUDA device ({args.device}; torch.cuda.is_available() = "
                                f"{torch.cuda.is_available()})", "ratios": {}, "notes": []}
+        mamba3 = mamba3_section(device, args.quick)
+        print(f"mamba3 (mamba_ssm) {mamba3}", file=sys.stderr)
+        result = {"mamba3": mamba3, "device_name": torch.cuda.get_device_name(device)}
         if (reason := fla_unavailable()) is not None:
-            return {"skipped": f"fla-core does not import: {reason}", "ratios": {}, "notes": []}
+            return {**result, "fla": {"skipped": f"fla-core does not import: {reason}"}, "ratios": {}, "notes": []}
         small, large = (2, 37, 2, 16, 8), ((2, 256, 2, 32, 32) if args.quick else (8, 2048, 8, 64, 64))
         fla = check(device, small)
         timing = speed(device, large)
         for name, figures in fla.items():
             print(f"{name:24s} float32 ok {figures['float32_ok']!s:5s} bfloat16 ok {figures['bfloat16_ok']!s:5s} "
                   f"fla {timing[name]['fla_ms']:.2f} ms, chunked {timing[name]['chunked_ms']:.2f} ms", file=sys.stderr)
-        return {"fla": fla, "speed": timing, "ratios": {"speed": {k: v["chunked/fla"] for k, v in timing.items()}},
-                "notes": [f"correctness at B,L,H,K,V = {small}, speed at {large}"],
-                "device_name": torch.cuda.get_device_name(device)}
+        return {**result, "fla": fla, "speed": timing,
+                "ratios": {"speed": {k: v["chunked/fla"] for k, v in timing.items()}},
+                "notes": [f"fla: correctness at B,L,H,K,V = {small}, speed at {large}"]}
 
     return common.report(args, "gpu_check", {"device": args.device}, measure)
 
