@@ -70,10 +70,15 @@ def tiny_overrides(corpus: Path, cache: Path, **extra) -> dict:
     return cfg
 
 
+def cli_environment() -> dict[str, str]:
+    """The environment of a command-line child: one CPU thread, and none of the ``TRITON_INTERPRET=1`` that the
+    kernel tests set in this process (a user's shell does not have it)."""
+    return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"OMP_NUM_THREADS": "1"}
+
+
 def longssm(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run the real command line in a child process (one CPU thread), as a user's shell would: without the
-    ``TRITON_INTERPRET=1`` that the kernel tests set in this process."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"OMP_NUM_THREADS": "1"}
+    """Run the real command line in a child process (``cli_environment``)."""
+    env = cli_environment()
     return subprocess.run([sys.executable, "-m", "longssm", *args], capture_output=True, text=True, cwd=cwd, env=env,
                           timeout=300)
 
@@ -138,7 +143,7 @@ class ForkedCli:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        env = dict(os.environ, OMP_NUM_THREADS="1")
+        env = cli_environment()
         self.server = subprocess.Popen([sys.executable, "-c", FORK_SERVER], stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE, text=True, env=env)
 

@@ -65,7 +65,7 @@ def test_import_path_names_a_block_without_registration(example):
         get_family("linear_recurrence:NoSuchClass")
     with pytest.raises(UserError, match=r"model\.family .*no_such_module"):
         get_family("no_such_module:Block")
-    with pytest.raises(UserError, match=r"model\.family must be one of mamba, mamba2, s5, gru, lstm"):
+    with pytest.raises(UserError, match=r"model\.family must be one of mamba, mamba2, mamba3, s5, gru, lstm"):
         get_family("transformer")
 
 
