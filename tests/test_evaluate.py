@@ -349,7 +349,8 @@ def test_state_stats_of_a_counter_are_its_positions():
 
 def test_length_extension_verdicts():
     assert length_extension_verdict({"16": 9, "32": 8, "64": 7.5, "8": 20}, 16)["verdict"] == "strong"
-    assert length_extension_verdict({"16": 9, "32": 9, "64": 8}, 16)["verdict"] == "weak"
+    assert length_extension_verdict({"16": 9, "32": 9, "64": 8}, 16)["verdict"] == "strong"  # flat, then lower
+    assert length_extension_verdict({"16": 9, "32": 9.005, "64": 9.0}, 16)["verdict"] == "weak"  # < 1e-3 changes
     assert length_extension_verdict({"16": 9, "32": 8, "64": 8.5}, 16)["verdict"] == "none"
     assert length_extension_verdict({"16": 9, "32": 8}, 32)["verdict"] == "n/a"
     grid = sweep_grid([{"name": "b", "train_seq_len": 64, "ppl_vs_length": {"16": 2.0, "64": 3.0}},
@@ -493,7 +494,10 @@ def test_write_outputs_and_compare(metric_results, tmp_path):
     assert load_result(tmp_path / "a.json") == a and a["plots"][0].endswith("ppl_vs_length.png")
     assert (tmp_path / "a.md").read_text() == report + "\n"
     summary = compare([a, b], tmp_path / "cmp")
-    assert summary["report"] == markdown_report([a, b])
+    assert summary["report"].startswith(markdown_report([a, b]) + "\n\nPaired differences against a (mamba, zero)")
+    paired = json.loads((tmp_path / "cmp" / "compare.json").read_text())["paired_differences"]
+    assert [(p["length"], p["diff"], p["resolved"]) for p in paired] == [(16, 0.0, False), (64, 2.0, True)]
+    assert all(p["rule"] == "relative change > 0.001" for p in paired)  # these results have no blocks
     runs = json.loads((tmp_path / "cmp" / "compare.json").read_text())["runs"]
     assert [(r["label"], r["length_extension"]["verdict"]) for r in runs] == [("a (mamba, zero)", "strong"),
                                                                               ("b (mamba, zero)", "n/a")]
@@ -571,3 +575,45 @@ def test_line_styles_tell_the_scheme_by_dash_and_the_rank_by_colour():
     styles = line_styles(families)  # several families: colour = family, dash = the rank within the family
     assert len({st["color"] for st in styles[:3]}) == 1 and styles[0]["color"] != styles[3]["color"]
     assert [st["linestyle"] for st in styles] == ["-", "--", ":"] * 2
+
+
+def test_verdicts_with_blocks_decide_by_the_paired_bootstrap():
+    """The same perplexities get another verdict when the evaluation's blocks say how uncertain they are: a 1 %
+    drop that the blocks disagree on is not resolved (weak), the same drop on every block is (strong), and a rise
+    on every block is none."""
+    rng = np.random.default_rng(0)
+    counts = [4096.0] * 16
+    base = rng.normal(4096 * 2.0, 4096 * 0.3, 16)  # per-block nll sums, loss ~2 nats per token
+
+    def result(second: np.ndarray) -> dict:
+        sums = {"16": base.tolist(), "64": second.tolist()}
+        ppl = {L: math.exp(sum(s) / sum(counts)) for L, s in sums.items()}
+        return {"ppl": ppl, "blocks": {"counts": counts, "sums": sums}}
+
+    noisy = result(base - 4096 * 0.01 + rng.normal(0, 4096 * 0.3, 16))  # ~1 % lower on average, blocks disagree
+    steady = result(base - 4096 * 0.01)  # 1 % lower on every block
+    rising = result(base + 4096 * 0.01)
+    for r, with_blocks, plain in ((noisy, "weak", "strong"), (steady, "strong", "strong"), (rising, "none", "none")):
+        assert length_extension_verdict(r["ppl"], 16, r["blocks"])["verdict"] == with_blocks
+        assert length_extension_verdict(r["ppl"], 16)["verdict"] == plain  # the 1e-3 rule alone
+
+
+def test_compare_pairs_runs_block_by_block_and_refuses_other_data(metric_results, tmp_path, capsys):
+    counts = [4096.0] * 8
+    rng = np.random.default_rng(0)
+    base = rng.normal(4096 * 2.0, 500, 8)
+
+    def with_blocks(name: str, sums: np.ndarray, digest: str = "d1") -> dict:
+        ppl = math.exp(sums.sum() / sum(counts))
+        return {**full_result(metric_results, name, 16, {"16": ppl}), "data_digest": digest,
+                "ppl_blocks": {"block_tokens": 4096, "counts": counts, "sums": {"16": sums.tolist()}}}
+
+    a, b = with_blocks("a", base), with_blocks("b", base + 4096 * 0.02)  # 2 % more loss on every block
+    summary = compare([a, b], tmp_path / "cmp")
+    (row,) = json.loads((tmp_path / "cmp" / "compare.json").read_text())["paired_differences"]
+    assert row["rule"] == "paired bootstrap" and row["resolved"] and row["low"] > 0
+    assert "| b (mamba, zero) | 16 | +" in summary["report"]
+    other = with_blocks("c", base, digest="d2")
+    with pytest.raises(UserError, match=r"compare: c \(mamba, zero\) was evaluated on other data than a"):
+        compare([a, other], tmp_path / "cmp2")
+    assert not (tmp_path / "cmp2").exists()

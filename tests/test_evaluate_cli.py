@@ -71,7 +71,8 @@ def test_evaluate_run_matches_the_stand_alone_evaluators_and_caches(trained, mod
     want = ppl_vs_length(model, tokens, [8, 16, 64], max_tokens=640, chunk=5, tokens_per_forward=100)
     assert res["ppl_vs_length"] == pytest.approx(want, rel=1e-5)
     assert len(set(want.values())) == 3 and max(want.values()) < 256  # lengths differ; better than uniform
-    assert res["length_extension"] == length_extension_verdict(res["ppl_vs_length"], 8)
+    assert res["length_extension"] == length_extension_verdict(res["ppl_vs_length"], 8, res["ppl_blocks"])
+    assert res["ppl_blocks"]["counts"] == [640] and set(res["ppl_blocks"]["sums"]) == {"8", "16", "64"}
     assert (res["position_ppl"]["length"], res["position_ppl"]["n_sequences"]) == (64, 10)
     assert res["position_ppl"]["ppl"] == pytest.approx(want["64"], rel=1e-5)
     effrem = effective_remembrance(model, tokens, 32, 2, chunk=7)
@@ -172,7 +173,7 @@ def test_carried_state_option_and_compare_cli(trained, capsys, tmp_path):
     summary = json.loads((out / "compare.json").read_text())
     assert [r["train_seq_len"] for r in summary["runs"]] == [8, 32]
     assert [r["length_extension"] for r in summary["runs"]] == [
-        length_extension_verdict(r["ppl_vs_length"], r["train_seq_len"]) for r in (a, b)]
+        length_extension_verdict(r["ppl_vs_length"], r["train_seq_len"], r.get("ppl_blocks")) for r in (a, b)]
     assert stdout.startswith(markdown_table([a, b]))
 
 
@@ -240,3 +241,22 @@ def test_empty_file_and_missing_run_exit_nonzero_without_traceback(trained, tmp_
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("state", ["zero", "previous"])
+def test_eval_intervals_hold_the_perplexity_and_ci_none_leaves_them_out(trained, tmp_path, state):
+    _, run, corpus = trained  # 20,000 bytes: four blocks of 4,096 targets at every length
+    cfg = EvalConfig(data=str(corpus), lengths=[16, 256, 4096], max_tokens=16384, state=state, use_cache=False)
+    res = evaluate_run(run, cfg, progress=False)
+    intervals = res["ppl_interval"]["intervals"]
+    assert res["ppl_interval"]["confidence"] == 0.95 and res["ppl_blocks"]["counts"] == [4096.0] * 4
+    for L, ppl in res["ppl_vs_length"].items():
+        assert intervals[L]["low"] < ppl < intervals[L]["high"] and intervals[L]["blocks"] == 4
+        loss = sum(res["ppl_blocks"]["sums"][L]) / 16384  # the blocks add up to the perplexity
+        assert math.exp(loss) == pytest.approx(ppl, rel=1e-9)
+    assert res["length_extension"]["rule"] == "paired bootstrap"
+    wider = evaluate_run(run, dataclasses.replace(cfg, confidence=0.99), progress=False)["ppl_interval"]["intervals"]
+    assert all(wider[L]["high"] - wider[L]["low"] > intervals[L]["high"] - intervals[L]["low"] for L in intervals)
+    plain = evaluate_run(run, dataclasses.replace(cfg, ci="none"), progress=False)
+    assert "ppl_interval" not in plain and "ppl_blocks" not in plain
+    assert plain["ppl_vs_length"] == pytest.approx(res["ppl_vs_length"], rel=1e-12)

@@ -161,3 +161,44 @@ def test_rows_sort_numbers_by_value_whichever_command_added_them():
     assert sorted(seq_lens, key=lambda v: _sort_key(v, ["1024"])) == [16, 64, 256, 1024]
     schemes = ["zero", "state_passing", "previous"]  # text: this command's order, then the others
     assert sorted(schemes, key=lambda v: _sort_key(v, ["previous", "zero"])) == ["previous", "zero", "state_passing"]
+
+
+@pytest.mark.slow
+def test_two_seeds_give_mean_and_interval_tables_a_banded_plot_and_verdicts_over_seeds(tmp_path, corpus_file):
+    from longssm.stats import t_interval
+
+    config, out = write_config(tmp_path, corpus_file), tmp_path / "seeds"
+    summary = sweep_module.sweep(str(config), ["state.scheme=zero,previous"], out, EVAL,
+                                 overrides=["--train.steps", "4"], progress=False, seeds=2)
+    rows = summary["rows"]
+    assert sorted((r["values"]["state.scheme"], r["values"]["train.seed"]) for r in rows) == [
+        ("previous", 0), ("previous", 1), ("zero", 0), ("zero", 1)]  # one trained cell per (scheme, seed)
+    data = json.loads((out / "results.json").read_text())
+    merged = {r["values"]["state.scheme"]: r for r in data["seed_rows"]}
+    assert set(merged) == {"zero", "previous"} and merged["zero"]["seeds"] == [0, 1]
+    for scheme, row in merged.items():
+        for L in ("8", "32", "128"):
+            per_seed = [r["ppl_vs_length"][L] for r in rows if r["values"]["state.scheme"] == scheme]
+            assert row["ppl_seeds"][L] == per_seed
+            expected = t_interval(per_seed)
+            assert row["ppl_ci"][L]["mean"] == pytest.approx(expected["mean"])
+            assert row["ppl_ci"][L]["half_width"] == pytest.approx(expected["half_width"])
+    table = (out / "results.md").read_text()
+    assert "| state.scheme | seeds | 8 | 32 | 128 |" in table and "Every seed:" in table
+    zero = merged["zero"]["ppl_ci"]["128"]
+    assert f"{zero['mean']:.3f} ± {zero['half_width']:.3f}" in table
+    (match,) = data["zero_state_matches"]
+    assert match["difference"]["rule"] == "t over 2 seeds" and match["text"] in table
+    assert (out / "ppl_vs_length.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "0", "--grid", "state.scheme=zero"], "--seeds must be >= 1; got 0"),
+    (["--seeds", "2", "--grid", "train.seed=1,2"], "--seeds 2 and --grid train.seed both set the seeds"),
+])
+def test_bad_seed_options_are_one_line_errors(tmp_path, corpus_file, capsys, args, message):
+    config = write_config(tmp_path, corpus_file)
+    code = main(["sweep", "--config", str(config), "--out", str(tmp_path / "sweep"), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "sweep").exists()

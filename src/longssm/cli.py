@@ -153,7 +153,7 @@ def quickstart(out: str = "runs/quickstart", family: str = "mamba,s5", steps: in
 
 def sweep(config_file: str | None = None, grid: list[str] | None = None, out: str = "runs/sweep",
           lengths: list[int] | None = None, eval_tokens: int = 65536, metrics: list[str] | None = None,
-          progress: bool = True, overrides: dict[str, Any] | None = None) -> None:
+          seeds: int = 1, progress: bool = True, overrides: dict[str, Any] | None = None) -> None:
     """Train every cell of a grid of config values (resumable), evaluate each, and write the table and plots.
 
     Dotted config keys (--train.steps 500, model.d_model=64) override the config of every cell; --grid keys vary
@@ -168,6 +168,9 @@ def sweep(config_file: str | None = None, grid: list[str] | None = None, out: st
         lengths: Comma-separated evaluation lengths; default 16, 32, ..., 32768 up to what --eval-tokens holds.
         eval_tokens: Validation tokens evaluated at every length.
         metrics: Comma-separated metrics (ppl_vs_length is always computed).
+        seeds: Train every cell with this many seeds (train.seed, train.seed + 1, ...); the table shows the mean ±
+            the half-width of its 95 % t interval over the seeds, the plot a band, the verdicts and the zero vs
+            previous sentence are decided over the seeds.
         progress: Show progress bars (--no-progress turns them off).
     """
     from .evaluate.registry import normalise_metrics
@@ -175,7 +178,7 @@ def sweep(config_file: str | None = None, grid: list[str] | None = None, out: st
 
     eval_cfg = EvalConfig(lengths=lengths, max_tokens=eval_tokens,
                           metrics=normalise_metrics(sorted({"ppl_vs_length", *(metrics or [])})))
-    summary = run_sweep(config_file, grid or [], out, eval_cfg, overrides=overrides, progress=progress)
+    summary = run_sweep(config_file, grid or [], out, eval_cfg, overrides=overrides, progress=progress, seeds=seeds)
     print((Path(out) / "results.md").read_text())
     for f in summary["files"]:
         print(f"wrote {f}", file=sys.stderr)

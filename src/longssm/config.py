@@ -405,6 +405,11 @@ class EvalConfig(Checked):
     """Sequence order within the carried-state streams (with state previous)."""
     seed: int = spec(0, ge=0, le=SEED_MAX)
     """Seed of the shuffled order and the passkeys."""
+    ci: Literal["bootstrap", "none"] = "bootstrap"
+    """Confidence intervals of ppl_vs_length over the evaluated text: bootstrap (blocks of 4096 targets, resampled;
+    see longssm.stats) or none."""
+    confidence: float = spec(0.95, gt=0, lt=1)
+    """Confidence level of every interval (evaluation, seeds, paired differences)."""
     position_length: int | None = spec(None, ge=1)
     """L of position_ppl and state_stats; null = the longest length."""
     effrem_length: int | None = spec(None, ge=1)

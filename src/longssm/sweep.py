@@ -94,6 +94,24 @@ def parse_grid(specs: list[str]) -> dict[str, list[str]]:
     return axes
 
 
+SEED_KEY = "train.seed"
+
+
+def with_seeds(axes: dict[str, list[str]], seeds: int, config: str | Path | dict[str, Any] | None,
+               overrides: Overrides | None) -> dict[str, list[str]]:
+    """``axes`` plus the axis ``train.seed`` = the resolved config's seed and the ``seeds`` - 1 after it; unchanged
+    for ``seeds`` 1. ``UserError`` for ``seeds`` < 1 and for ``seeds`` > 1 with a grid that varies the seed."""
+    if seeds < 1:
+        raise UserError(f"--seeds must be >= 1; got {seeds}")
+    if seeds == 1:
+        return axes
+    if SEED_KEY in axes:
+        raise UserError(f"--seeds {seeds} and --grid {SEED_KEY} both set the seeds: give one of them")
+    base = apply_overrides(read_config_file(config) if isinstance(config, (str, Path)) else config or {}, overrides)
+    first = from_dict(RunConfig, base).train.seed
+    return {**axes, SEED_KEY: [str(first + i) for i in range(seeds)]}
+
+
 def config_digest(cfg: RunConfig) -> str:
     """Hex digest of the resolved config without the entries of ``UNHASHED``."""
     data = to_dict(cfg)
@@ -138,15 +156,17 @@ def plan_cells(config: str | Path | dict[str, Any] | None, overrides: Overrides 
 
 
 def sweep(config: str | Path | dict[str, Any] | None, grid: list[str], out: str | Path, eval_cfg: EvalConfig,
-          overrides: Overrides | None = None, progress: bool = True) -> dict[str, Any]:
+          overrides: Overrides | None = None, progress: bool = True, seeds: int = 1) -> dict[str, Any]:
     """Train and evaluate every cell not done yet, then write the results of every cell in ``out``.
 
+    ``seeds`` > 1: every cell is trained with ``seeds`` values of ``train.seed`` (the config's seed and the next
+    ones), as if ``--grid train.seed=...`` had been given, and the results aggregate them (``aggregate_seeds``).
     Returns ``{"rows": [...], "files": [paths written]}`` (rows as in ``results.json``).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; a sweep writes a directory")
-    axes = parse_grid(grid)
+    axes = with_seeds(parse_grid(grid), seeds, config, overrides)
     cells = plan_cells(config, overrides, axes, out)
     tokenize_once([c for c in cells if not is_complete(c.directory / "final")], progress)
     out.mkdir(parents=True, exist_ok=True)
@@ -301,7 +321,7 @@ def collect_rows(out: Path, keys: list[str], axes: dict[str, list[str]]) -> list
     """One row per cell directory of ``out``: ``{"cell", "values", "ppl_vs_length", "verdict", "train_seconds",
     "train_peak_mb", "memory", "failed", "result"}``, sorted by their grid values (``_sort_key``): numbers by
     value, other values in the order of ``axes`` (this invocation's grid), values not in it after them."""
-    from .evaluate.report import length_extension_verdict
+    from .evaluate.report import verdict_of
 
     rows = []
     for directory in sorted((out / "cells").iterdir()) if (out / "cells").is_dir() else []:
@@ -314,7 +334,7 @@ def collect_rows(out: Path, keys: list[str], axes: dict[str, list[str]]) -> list
             "cell": directory.name,
             "values": {key: dotted_value(record["config"], key) for key in keys},
             "ppl_vs_length": ppl,
-            "verdict": length_extension_verdict(ppl, record["config"]["train"]["seq_len"])["verdict"] if ppl else None,
+            "verdict": verdict_of({**result, "train_seq_len": record["config"]["train"]["seq_len"]}) if ppl else None,
             "train_seconds": record.get("train_seconds"),
             "train_peak_mb": record.get("train_peak_mb"),
             "memory": record.get("memory"),
@@ -334,19 +354,74 @@ def _sort_key(value: Any, given: list[str]) -> tuple[int, float, str]:
     return (2, 0.0, str(value))
 
 
+def aggregate_seeds(rows: list[dict[str, Any]], keys: list[str],
+                    confidence: float = 0.95) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows that differ only in ``train.seed`` merged into one (when some cell has several seeds), and the grid
+    keys without ``train.seed``; else ``rows``, ``keys`` unchanged.
+
+    A merged row: ``values``, ``seeds``, ``cells``, ``ppl_vs_length`` (the mean over the seeds evaluated at every
+    L), ``ppl_seeds`` ({L: per-seed ppl}), ``ppl_ci`` ({L: ``stats.t_interval``}), ``verdict`` (over seeds:
+    ``report.length_extension_verdict``), ``train_seconds`` (mean), ``train_peak_mb`` (max), ``memory``, ``failed``
+    (the first failure) and ``result`` (for the plots: the mean curve with its band)."""
+    from .evaluate.report import length_extension_verdict
+    from .stats import t_interval
+
+    if SEED_KEY not in keys:
+        return rows, keys
+    others = [k for k in keys if k != SEED_KEY]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(json.dumps(row["values"][k]) for k in others), []).append(row)
+    if all(len(g) == 1 for g in groups.values()):
+        return rows, keys
+    merged = []
+    for group in groups.values():
+        evaluated = [r for r in group if r["ppl_vs_length"]]
+        lengths = sorted(set.intersection(*(set(r["ppl_vs_length"]) for r in evaluated)), key=int) if evaluated else []
+        per_seed = {L: [r["ppl_vs_length"][L] for r in evaluated] for L in lengths}
+        ci = {L: t_interval(v, confidence) for L, v in per_seed.items()}
+        mean = {L: c["mean"] for L, c in ci.items()}
+        T = group[0]["result"].get("train_seq_len") if evaluated else None
+        first = evaluated[0]["result"] if evaluated else {}
+        band = {L: [c["mean"] - c["half_width"], c["mean"] + c["half_width"]]
+                for L, c in ci.items() if c["half_width"] is not None}
+        seconds = [r["train_seconds"] for r in group if r.get("train_seconds") is not None]
+        merged.append({
+            "values": {k: group[0]["values"][k] for k in others}, "seeds": [r["values"][SEED_KEY] for r in group],
+            "cells": [r["cell"] for r in group], "ppl_vs_length": mean, "ppl_seeds": per_seed, "ppl_ci": ci,
+            "verdict": length_extension_verdict(mean, T, confidence=confidence, seeds=per_seed)["verdict"]
+            if mean else None,
+            "train_seconds": sum(seconds) / len(seconds) if seconds else None,
+            "train_peak_mb": max((r["train_peak_mb"] for r in group if r.get("train_peak_mb")), default=None),
+            "memory": group[0].get("memory"), "failed": next((r["failed"] for r in group if r.get("failed")), None),
+            "result": {k: first.get(k) for k in ("family", "scheme", "train_seq_len")} | {
+                "name": values_label({k: group[0]["values"][k] for k in others}), "ppl_vs_length": mean,
+                "ppl_seeds": per_seed, "ppl_band": band},
+        })
+    return merged, others
+
+
 def write_results(out: Path, rows: list[dict[str, Any]], keys: list[str]) -> list[Path]:
-    """``results.md``, ``results.json`` and the plots; returns the paths written."""
+    """``results.md``, ``results.json`` and the plots; returns the paths written. With several seeds per cell the
+    table, the plots and the zero-vs-previous sentence are of the seed-aggregated rows (``aggregate_seeds``: mean ±
+    the t interval's half-width), followed by the table of every seed."""
     from .evaluate.plots import plot_ppl_vs_length, plot_sweep_heatmap, plot_training
     from .evaluate.report import sweep_table, zero_state_matches
 
-    results = [r["result"] for r in rows if r["ppl_vs_length"]]
     for row in rows:
         row["result"]["name"] = values_label(row["values"])
+    merged, merged_keys = aggregate_seeds(rows, keys)
+    results = [r["result"] for r in merged if r["ppl_vs_length"]]
     matches = zero_state_matches(results)
-    (out / "results.md").write_text("\n\n".join([sweep_table(rows, keys), *(m["text"] for m in matches)]) + "\n")
-    (out / "results.json").write_text(json.dumps({"grid_keys": keys, "zero_state_matches": matches,
-                                                  "rows": [{k: v for k, v in r.items() if k != "result"}
-                                                           for r in rows]}, indent=1) + "\n")
+    tables = [sweep_table(merged, merged_keys)]
+    if merged is not rows:
+        tables.append(f"Every seed:\n\n{sweep_table(rows, keys)}")
+    (out / "results.md").write_text("\n\n".join([*tables[:1], *(m["text"] for m in matches), *tables[1:]]) + "\n")
+    summary = {"grid_keys": keys, "zero_state_matches": matches,
+               "rows": [{k: v for k, v in r.items() if k != "result"} for r in rows]}
+    if merged is not rows:
+        summary["seed_rows"] = [{k: v for k, v in r.items() if k != "result"} for r in merged]
+    (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
     files = [out / "results.md", out / "results.json"]
     if results:
         files.append(plot_ppl_vs_length(results, out / "ppl_vs_length.png", title="Perplexity vs evaluation length"))

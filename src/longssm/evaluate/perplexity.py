@@ -81,8 +81,13 @@ def length_curve(
     cuts: Sequence[int] = (),
     on_segment: OnSegment | None = None,
     shard: Shard = ALONE,
+    blocks: torch.Tensor | None = None,
 ) -> np.ndarray:
     """pos(L, t) of Eq. (2): mean nll at each position t over the n = N/L sequences, (L,) float64.
+
+    ``blocks`` (⌈N / B⌉,) float64, B = ``stats.BLOCK_TOKENS``: when given, the Σ nll of each block of B
+    consecutive targets (sequence i's target t is target i·L + t of the evaluation) is added to it, summed over
+    the processes like the curve: the blocks of ``stats.bootstrap_interval``.
 
     Several processes (``shard``): each runs its part of the sequences (zero state) or of the R streams (carried
     state), and the nll sums are summed over the processes, so every process returns the whole curve.
@@ -95,8 +100,11 @@ def length_curve(
     seqs = make_sequences(tokens, length, n_targets)
     n = seqs.shape[0]
     if eval_state == "zero":
-        nll, _ = sequence_losses(model, seqs[shard.part(n)], chunk, tokens_per_forward, device=device,
+        part = shard.part(n)
+        nll, _ = sequence_losses(model, seqs[part], chunk, tokens_per_forward, device=device,
                                  progress=progress, cuts=cuts, on_segment=on_segment)
+        if blocks is not None:
+            _add_blocks(blocks, nll, torch.arange(part.start, part.stop), length, shard)
         return (shard.sum(nll.sum(0)) / n).numpy()
 
     perm = np.random.default_rng(seed).permutation(n) if order == "shuffled" else np.arange(n)
@@ -104,6 +112,7 @@ def length_curve(
     k = math.ceil(n / R)
     R = math.ceil(n / k)  # streams actually used; only the last one may be shorter
     total = torch.zeros(length, dtype=torch.float64)
+    mine_blocks = None if blocks is None else torch.zeros_like(blocks)
     state: State | None = None
     mine = shard.part(R)
     for s in range(k):
@@ -116,7 +125,21 @@ def length_curve(
         nll, state = sequence_losses(model, seqs[idx], chunk, tokens_per_forward, initial_state=state, device=device,
                                      progress=progress)
         total += nll.sum(0)
+        if mine_blocks is not None:
+            _add_blocks(mine_blocks, nll, idx, length, ALONE)
+    if blocks is not None:
+        blocks += shard.sum(mine_blocks)
     return (shard.sum(total) / n).numpy()
+
+
+def _add_blocks(blocks: torch.Tensor, nll: torch.Tensor, sequences: torch.Tensor, length: int, shard: Shard) -> None:
+    """Add the nll (rows, L) of the evaluation sequences ``sequences`` to ``blocks`` by target index // B (summed
+    over the processes of ``shard``)."""
+    from ..stats import BLOCK_TOKENS
+
+    ids = (sequences.long()[:, None] * length + torch.arange(length)[None, :]) // BLOCK_TOKENS
+    mine = torch.zeros_like(blocks).index_add_(0, ids.reshape(-1), nll.reshape(-1).to(blocks.dtype))
+    blocks += shard.sum(mine)
 
 
 def ppl_vs_length(
@@ -194,9 +217,12 @@ def position_summary(curve: np.ndarray, n_sequences: int, per_octave: int = 8) -
 
 @dataclass
 class PplVsLengthResult(MetricResult):
-    """ppl(L) of Eq. (1) at every evaluation length; JSON ``{"16": ppl, "32": ppl, ...}``."""
+    """ppl(L) of Eq. (1) at every evaluation length; JSON ``{"16": ppl, "32": ppl, ...}``. ``blocks``: the Σ nll
+    of each block of ``stats.BLOCK_TOKENS`` targets at every L, when the evaluation computes intervals (written
+    beside the metric by ``evaluate_run``, as ``ppl_blocks``)."""
 
     ppl: dict[int, float]
+    blocks: dict[int, list[float]] | None = None
 
     def to_json(self) -> dict[str, float]:
         return {str(length): value for length, value in sorted(self.ppl.items())}
@@ -215,30 +241,39 @@ class PplVsLengthResult(MetricResult):
 def compute_ppl_vs_length(ctx: EvalContext) -> PplVsLengthResult:
     """Eq. (1) at every evaluation length, each cached on its own under every setting that changes its value.
     Several processes (``ctx.shard``) split each length's sequences, or streams, between them (``length_curve``)."""
+    from ..stats import BLOCK_TOKENS
+
     cfg = ctx.cfg
-    carried = cfg.state == "previous"
+    carried, with_blocks = cfg.state == "previous", cfg.ci != "none"
     key = {"n_targets": ctx.n_targets, "eval_state": cfg.state, "order": cfg.order if carried else None,
            "seed": cfg.seed if carried and cfg.order == "shuffled" else None,
            "per_stream": SEQUENCES_PER_STREAM if carried else None}
+    if with_blocks:
+        key["block_tokens"] = BLOCK_TOKENS
     missing = [L for L in ctx.lengths if not ctx.cache.contains("ppl_vs_length", L, key)]
     ppl: dict[int, float] = {}
+    blocks: dict[int, list[float]] = {}
     # the bar counts this process's tokens: its part of the sequences (with carried states, of the streams: about as
     # many)
     with ctx.bar(sum(ctx.share(ctx.n_targets // L) * L for L in missing), "ppl vs length") as bar:
         for L in ctx.lengths:
-            def compute(L: int = L) -> dict[str, float]:
-                if ctx.reuses_position_pass(L):
+            def compute(L: int = L) -> dict[str, Any]:
+                sums = torch.zeros(math.ceil(ctx.n_targets / BLOCK_TOKENS), dtype=torch.float64)
+                if ctx.reuses_position_pass(L) and not with_blocks:
                     curve = ctx.position_pass.mean_nll
                     bar.update(ctx.share(ctx.n_targets // L) * L)
                 else:
                     curve = length_curve(ctx.model, ctx.tokens, L, ctx.n_targets, cfg.state, cfg.order, cfg.seed,
                                          chunk=cfg.chunk, tokens_per_forward=ctx.tokens_per_forward, device=ctx.device,
-                                         progress=bar, shard=ctx.shard)
+                                         progress=bar, shard=ctx.shard, blocks=sums if with_blocks else None)
                 loss = float(curve.mean())
-                return {"ppl": math.exp(loss), "loss": loss}
+                return {"ppl": math.exp(loss), "loss": loss} | ({"blocks": sums.tolist()} if with_blocks else {})
 
-            ppl[L] = ctx.cache.get_or_compute("ppl_vs_length", L, key, compute)["ppl"]
-    return PplVsLengthResult(ppl)
+            value = ctx.cache.get_or_compute("ppl_vs_length", L, key, compute)
+            ppl[L] = value["ppl"]
+            if with_blocks:
+                blocks[L] = value["blocks"]
+    return PplVsLengthResult(ppl, blocks if with_blocks else None)
 
 
 @register_metric("position_ppl", PositionPplResult, settings=lambda ctx: ctx.position_settings())

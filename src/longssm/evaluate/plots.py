@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from ..errors import UserError
-from .report import Result, length_extension_verdict, run_label, sweep_grid, with_unique_labels
+from .report import Result, run_label, sweep_grid, verdict_of, with_unique_labels
 
 DPI = 120
 COLOURS = [f"C{i}" for i in range(10)]
@@ -151,8 +151,20 @@ def finite_points(curve: dict[str, float]) -> tuple[list[tuple[int, float]], lis
     return [p for p in points if math.isfinite(p[1])], [p for p in points if not math.isfinite(p[1])]
 
 
+def _band(result: Result, xs: list[int]) -> tuple[list[float], list[float]] | None:
+    """The interval around a curve at ``xs``: a seed-aggregated row's ``ppl_band`` (mean ± t half-width), else an
+    evaluation's ``ppl_interval`` (bootstrap); None without one, or where a bound is missing or not finite."""
+    band = result.get("ppl_band") or {str(k): [v["low"], v["high"]]
+                                      for k, v in (result.get("ppl_interval") or {}).get("intervals", {}).items()}
+    bounds = [band.get(str(x)) for x in xs]
+    if not bounds or any(b is None or not all(math.isfinite(v) for v in b) for b in bounds):
+        return None
+    return [b[0] for b in bounds], [b[1] for b in bounds]
+
+
 def plot_ppl_vs_length(results: list[Result], out: str | Path, title: str | None = None) -> Path:
-    """Perplexity vs evaluation length, one line per result, labelled with its length-extension verdict.
+    """Perplexity vs evaluation length, one line per result, labelled with its length-extension verdict, with a
+    band where the result has an interval (over seeds, or over the evaluated text).
 
     Perplexities that are not finite (a diverged model: inf, nan) are left out, with one warning line on stderr
     naming them; a result with no finite perplexity is a ``UserError``."""
@@ -172,9 +184,12 @@ def plot_ppl_vs_length(results: list[Result], out: str | Path, title: str | None
     for res, style in zip(runs, line_styles(runs)):
         label = run_label(res)
         xs, ys = [x for x, _ in curves[label][0]], [y for _, y in curves[label][0]]
-        verdict = length_extension_verdict(res["ppl_vs_length"], res.get("train_seq_len"))["verdict"]
-        ax.plot(xs, ys, marker="o", markersize=3.5, label=f"{label}: {verdict}" if verdict != "n/a" else label,
-                **style)
+        verdict = verdict_of(res)
+        (line,) = ax.plot(xs, ys, marker="o", markersize=3.5,
+                          label=f"{label}: {verdict}" if verdict != "n/a" else label, **style)
+        band = _band(res, xs)
+        if band is not None:
+            ax.fill_between(xs, band[0], band[1], color=line.get_color(), alpha=0.18, linewidth=0)
         rows += [(label, x, y) for x, y in zip(xs, ys)]
     values = [row[2] for row in rows]
     if max(values) > 4 * min(values):  # one diverging curve would flatten every other on a linear axis

@@ -7,11 +7,15 @@ References
         arXiv:2406.02080.
 
 Verdict of one run, from its perplexities at the evaluation lengths L_0 < L_1 < ... that are ≥ its training
-length T (at least two of them are needed, else "n/a"):
+length T (at least two of them are needed, else "n/a"). A change between two lengths is *resolved* when it is
+larger than its uncertainty: with the evaluation's blocks (``ppl_blocks``, ``longssm eval --ci bootstrap``, the
+default) when the paired bootstrap interval of ppl(L_j) − ppl(L_i) at ``confidence`` excludes zero (``stats.py``);
+without them (``--ci none``, results from before intervals, fewer than two blocks of text) when it exceeds
+``MIN_RELATIVE_CHANGE`` of ppl(L_i).
 
-    strong  ppl(L_{i+1}) <  ppl(L_i) for every consecutive pair       (keeps improving past T)
-    weak    ppl(L_{i+1}) <= ppl(L_i) · (1 + tol) for every pair         (does not degrade; tol = 1e-3)
-    none    otherwise                                                  (degrades somewhere past T)
+    none    some consecutive pair rises, resolved                           (degrades somewhere past T)
+    strong  otherwise, and ppl(L_last) is below ppl(L_0), resolved          (keeps improving past T)
+    weak    otherwise                                                       (neither degrades nor resolvably improves)
 """
 
 from __future__ import annotations
@@ -26,24 +30,68 @@ from typing import Any
 Result = dict[str, Any]
 """An eval result as written to JSON (see ``evaluate/run.py``)."""
 
-WEAK_TOLERANCE = 1e-3
+MIN_RELATIVE_CHANGE = 1e-3
+"""The smallest relative change a verdict counts when there are no blocks to measure its uncertainty."""
+
+
+def paired_difference(a: Result, b: Result, La: int | str, Lb: int | str, confidence: float = 0.95,
+                      tol: float = MIN_RELATIVE_CHANGE) -> dict[str, Any]:
+    """ppl_b(Lb) − ppl_a(La) with its interval and ``"resolved"``: over seeds when both results have the same
+    number (>= 2) of per-seed values (``ppl_seeds``, paired by seed: t interval of the differences), else over the
+    evaluation's blocks when both have them (paired bootstrap), else no interval and resolved when the change
+    exceeds ``tol`` of ppl_a. ``{"diff", "low", "high", "rule", "resolved"}`` (low, high None without interval)."""
+    from ..stats import excludes_zero, paired_interval, t_interval
+
+    La, Lb = str(La), str(Lb)
+    pa, pb = a["ppl_vs_length"][La], b["ppl_vs_length"][Lb]
+    sa, sb = (a.get("ppl_seeds") or {}).get(La, []), (b.get("ppl_seeds") or {}).get(Lb, [])
+    if len(sa) >= 2 and len(sa) == len(sb):
+        t = t_interval([y - x for x, y in zip(sa, sb)], confidence)
+        out = {"diff": t["mean"], "low": t["mean"] - t["half_width"], "high": t["mean"] + t["half_width"],
+               "rule": f"t over {len(sa)} seeds"}
+        return out | {"resolved": excludes_zero(out)}
+    ba, bb = a.get("ppl_blocks") or {}, b.get("ppl_blocks") or {}
+    counts = ba.get("counts", [])
+    if len(counts) >= 2 and counts == bb.get("counts") and La in ba.get("sums", {}) and Lb in bb.get("sums", {}):
+        interval = paired_interval(ba["sums"][La], bb["sums"][Lb], counts, confidence)
+        return {"diff": interval["diff"], "low": interval["low"], "high": interval["high"],
+                "rule": "paired bootstrap", "resolved": excludes_zero(interval)}
+    return {"diff": pb - pa, "low": None, "high": None, "rule": f"relative change > {tol:g}",
+            "resolved": abs(pb - pa) > tol * pa}
 
 
 def length_extension_verdict(ppl: dict[str, float], train_seq_len: int | None,
-                             tol: float = WEAK_TOLERANCE) -> dict[str, Any]:
-    """``{"verdict": strong|weak|none|n/a, "from": T, "lengths": [...], "worst_ratio": max ppl(L_{i+1})/ppl(L_i)}``."""
+                             blocks: dict[str, Any] | None = None, confidence: float = 0.95,
+                             tol: float = MIN_RELATIVE_CHANGE, seeds: dict[str, list[float]] | None = None
+                             ) -> dict[str, Any]:
+    """``{"verdict": strong|weak|none|n/a, "from": T, "lengths": [...], "worst_ratio": max ppl(L_{i+1})/ppl(L_i),
+    "rule"}`` (see the module docstring). ``blocks``: a result's ``ppl_blocks`` (``{"counts", "sums": {L: [...]}}``);
+    ``seeds``: per-seed perplexities ``{L: [...]}`` of a cell run with several seeds (then the changes are judged
+    over seeds, ``paired_difference``)."""
     T = int(train_seq_len or 0)
     points = sorted((int(k), float(v)) for k, v in ppl.items() if int(k) >= T)
     if len(points) < 2:
         return {"verdict": "n/a", "from": T, "lengths": [p[0] for p in points], "worst_ratio": None}
+    result = {"ppl_vs_length": ppl, "ppl_blocks": blocks, "ppl_seeds": seeds}
+
+    def change(i: int, j: int) -> dict[str, Any]:
+        return paired_difference(result, result, points[i][0], points[j][0], confidence, tol)
+
+    steps = [change(i, i + 1) for i in range(len(points) - 1)]
+    overall = change(0, len(points) - 1)
+    rises = any(s["resolved"] and s["diff"] > 0 for s in steps)
+    verdict = "none" if rises else "strong" if overall["resolved"] and overall["diff"] < 0 else "weak"
     ratios = [b / a if a > 0 else math.inf for (_, a), (_, b) in itertools.pairwise(points)]
-    if all(r < 1.0 for r in ratios):
-        verdict = "strong"
-    elif all(r <= 1.0 + tol for r in ratios):
-        verdict = "weak"
-    else:
-        verdict = "none"
-    return {"verdict": verdict, "from": T, "lengths": [p[0] for p in points], "worst_ratio": max(ratios)}
+    return {"verdict": verdict, "from": T, "lengths": [p[0] for p in points], "worst_ratio": max(ratios),
+            "rule": overall["rule"]}
+
+
+def verdict_of(result: Result) -> str:
+    """The length-extension verdict of an eval result or a seed-aggregated sweep row (its seeds or blocks used when
+    it has them)."""
+    return length_extension_verdict(result["ppl_vs_length"], result.get("train_seq_len"), result.get("ppl_blocks"),
+                                    (result.get("ppl_interval") or {}).get("confidence", 0.95),
+                                    seeds=result.get("ppl_seeds"))["verdict"]
 
 
 def run_label(result: Result) -> str:
@@ -119,7 +167,7 @@ def sweep_grid(results: list[Result]) -> dict[str, Any]:
             "train_seq_len": r.get("train_seq_len"),
             "scheme": r.get("scheme"),
             "family": r.get("family"),
-            "verdict": length_extension_verdict(ppl, r.get("train_seq_len"))["verdict"],
+            "verdict": verdict_of(r),
         })
         grid.append([_loss(ppl.get(str(x))) for x in lengths])
     return {"rows": rows, "lengths": lengths, "loss": grid}
@@ -130,15 +178,25 @@ def _loss(ppl: float | None) -> float | None:
     return math.log(ppl) if ppl is not None and math.isfinite(ppl) and ppl > 0 else None
 
 
+def ppl_cell(ppl: float, interval: dict[str, float] | None) -> str:
+    """``5.135`` or, with an interval, ``5.135 ± 0.012`` (half its width; NaN bounds print no ±)."""
+    if interval is None or not all(math.isfinite(interval.get(k, math.nan)) for k in ("low", "high")):
+        return f"{ppl:.3f}"
+    return f"{ppl:.3f} ± {(interval['high'] - interval['low']) / 2:.3f}"
+
+
 def markdown_table(results: list[Result]) -> str:
-    """Perplexity table: rows = runs, columns = evaluation lengths, last column the length-extension verdict."""
+    """Perplexity table: rows = runs, columns = evaluation lengths (± half the evaluation's confidence interval
+    when it has one), last column the length-extension verdict."""
     results = [r for r in with_unique_labels(results) if r.get("ppl_vs_length")]
     lengths = sorted({int(k) for r in results for k in r["ppl_vs_length"]})
     lines = ["| run | " + " | ".join(str(x) for x in lengths) + " | verdict |",
              "|---|" + "---:|" * len(lengths) + "---|"]
     for r in results:
-        cells = [f"{r['ppl_vs_length'][str(x)]:.3f}" if str(x) in r["ppl_vs_length"] else "" for x in lengths]
-        verdict = length_extension_verdict(r["ppl_vs_length"], r.get("train_seq_len"))["verdict"]
+        intervals = (r.get("ppl_interval") or {}).get("intervals", {})
+        cells = [ppl_cell(r["ppl_vs_length"][str(x)], intervals.get(str(x))) if str(x) in r["ppl_vs_length"] else ""
+                 for x in lengths]
+        verdict = verdict_of(r)
         lines.append(f"| {run_label(r)} | " + " | ".join(cells) + f" | {verdict} |")
     return "\n".join(lines)
 
@@ -183,6 +241,10 @@ def markdown_report(results: list[Result]) -> str:
     """``markdown_table`` plus one section per further metric present: a bullet per run (and state key)."""
     results = with_unique_labels(results)
     parts = [markdown_table(results)] if any(r.get("ppl_vs_length") for r in results) else []
+    confidence = {r["ppl_interval"]["confidence"] for r in results if r.get("ppl_interval")}
+    if confidence:
+        parts.append(f"\n(± half the {', '.join(f'{c:.0%}' for c in sorted(confidence))} block-bootstrap interval "
+                     f"over the evaluated text; see longssm.stats.)")
     for metric, heading, lines in SECTIONS:
         if any(r.get(metric) for r in results):
             parts.append(f"\n{heading}\n")
@@ -192,14 +254,22 @@ def markdown_report(results: list[Result]) -> str:
 
 def sweep_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
     """The table of ``longssm sweep``: one row per cell — its grid values, ppl at every evaluation length, the
-    verdict, training minutes and peak training memory (rows as ``sweep.collect_rows`` makes them)."""
+    verdict, training minutes and peak training memory (rows as ``sweep.collect_rows`` makes them). Seed-aggregated
+    rows (``sweep.aggregate_seeds``) show mean ± the half-width of the t interval over their seeds and a seeds
+    column; rows of one seed show ± half the evaluation's bootstrap interval when it has one."""
     lengths = sorted({int(k) for r in rows for k in r["ppl_vs_length"]})
-    lines = ["| " + " | ".join(keys) + " | " + " | ".join(str(x) for x in lengths)
+    seeded = any("ppl_ci" in r for r in rows)
+    lines = ["| " + " | ".join(keys) + (" | seeds" if seeded else "") + " | " + " | ".join(str(x) for x in lengths)
              + " | verdict | train min | peak train MB |",
-             "|" + "---|" * len(keys) + "---:|" * len(lengths) + "---|---:|---:|"]
+             "|" + "---|" * len(keys) + ("---:|" if seeded else "") + "---:|" * len(lengths) + "---|---:|---:|"]
     for r in rows:
         ppl = r["ppl_vs_length"]
-        cells = [f"{ppl[str(x)]:.3f}" if str(x) in ppl else "" for x in lengths]
+        intervals = ({L: {"low": c["mean"] - c["half_width"], "high": c["mean"] + c["half_width"]}
+                      for L, c in r["ppl_ci"].items() if c["half_width"] is not None} if "ppl_ci" in r
+                     else ((r.get("result") or {}).get("ppl_interval") or {}).get("intervals", {}))
+        cells = [ppl_cell(ppl[str(x)], intervals.get(str(x))) if str(x) in ppl else "" for x in lengths]
+        if seeded:
+            cells.insert(0, str(len(r.get("seeds", [])) or 1))
         verdict = f"failed: {r['failed']}" if r.get("failed") else (r["verdict"] or "not evaluated")
         minutes = "" if r.get("train_seconds") is None else f"{r['train_seconds'] / 60:.1f}"
         memory = "" if r.get("train_peak_mb") is None else f"{r['train_peak_mb']:.0f}"
@@ -213,7 +283,10 @@ def zero_state_matches(results: list[Result]) -> list[dict[str, Any]]:
     previous-state run of the smallest T, at the longest evaluation length both have (LongSSM Fig. 6).
 
     Each entry: ``{"family", "length", "previous_T", "previous_ppl", "zero_T" (None: none within the grid),
-    "zero_ppl" (of the match, else of the best zero-state run), "text"}``."""
+    "zero_ppl" (of the match, else of the best zero-state run), "difference" (``paired_difference`` of that run's
+    ppl minus the previous state's), "resolved", "text"}``. A zero-state run matches when its perplexity is not
+    resolvably above the previous state's; the sentence says "not resolved" when the difference's interval holds
+    zero (one seed without evaluation blocks: the 1e-3 rule of ``MIN_RELATIVE_CHANGE``)."""
     matches = []
     for family in sorted({str(r.get("family")) for r in results}):
         runs = sorted((r for r in results if str(r.get("family")) == family), key=lambda r: int(r["train_seq_len"]))
@@ -227,17 +300,30 @@ def zero_state_matches(results: list[Result]) -> list[dict[str, Any]]:
             continue
         length = str(max(map(int, common)))
         target = reference["ppl_vs_length"][length]
-        match = next((r for r in zero if r["ppl_vs_length"][length] <= target), None)
-        best = min(zero, key=lambda r: r["ppl_vs_length"][length])
+        differences = [(r, paired_difference(reference, r, length, length)) for r in zero]
+        match = next(((r, d) for r, d in differences if not (d["resolved"] and d["diff"] > 0)), None)
+        best = min(differences, key=lambda rd: rd[0]["ppl_vs_length"][length])
         T0 = reference["train_seq_len"]
-        if match:
-            text = (f"{family}: a zero-state model needs T={match['train_seq_len']} to match the previous state at "
-                    f"T={T0} at L={length} (ppl {match['ppl_vs_length'][length]:.3f} <= {target:.3f}).")
+        run, diff = match or best
+        ppl = run["ppl_vs_length"][length]
+        where = f"L={length} (ppl {ppl:.3f} vs {target:.3f}; {_difference_text(diff)})"
+        if match and diff["resolved"]:
+            text = (f"{family}: a zero-state model needs T={run['train_seq_len']} to beat the previous state at "
+                    f"T={T0} at {where}.")
+        elif match:
+            text = (f"{family}: not resolved whether the zero-state model at T={run['train_seq_len']} matches the "
+                    f"previous state at T={T0} at {where}.")
         else:
-            text = (f"{family}: no zero-state model within the grid matches the previous state at T={T0} at "
-                    f"L={length} (ppl {target:.3f}; best zero state: T={best['train_seq_len']}, "
-                    f"{best['ppl_vs_length'][length]:.3f}).")
+            text = (f"{family}: no zero-state model within the grid matches the previous state at T={T0}; the best, "
+                    f"T={run['train_seq_len']}, is worse at {where}.")
         matches.append({"family": family, "length": int(length), "previous_T": T0, "previous_ppl": target,
-                        "zero_T": match["train_seq_len"] if match else None,
-                        "zero_ppl": (match or best)["ppl_vs_length"][length], "text": text})
+                        "zero_T": run["train_seq_len"] if match else None, "zero_ppl": ppl, "difference": diff,
+                        "resolved": diff["resolved"], "text": text})
     return matches
+
+
+def _difference_text(diff: dict[str, Any]) -> str:
+    """``difference +0.151 [+0.120, +0.183] (paired bootstrap), resolved``."""
+    interval = f" [{diff['low']:+.3f}, {diff['high']:+.3f}]" if diff["low"] is not None else ""
+    return (f"difference {diff['diff']:+.3f}{interval} ({diff['rule']}), "
+            f"{'resolved' if diff['resolved'] else 'not resolved'}")

@@ -129,14 +129,66 @@ def evaluate_run(run: str | Path, cfg: EvalConfig, progress: bool = True) -> Res
     }
     t_start = time.perf_counter()
     for metric in metrics:
-        result[metric.name] = metric.compute(ctx).to_json()
+        computed = metric.compute(ctx)
+        result[metric.name] = computed.to_json()
+        if metric.name == "ppl_vs_length" and computed.blocks is not None:
+            result.update(ppl_intervals(computed.blocks, ctx.n_targets, cfg.confidence, cfg.state))
     if "ppl_vs_length" in result:
-        result["length_extension"] = length_extension_verdict(result["ppl_vs_length"], ctx.train_seq_len)
+        result["length_extension"] = length_extension_verdict(result["ppl_vs_length"], ctx.train_seq_len,
+                                                              result.get("ppl_blocks"), cfg.confidence)
     result["settings"] = settings
     result["cache"] = {"dir": str(cache.directory) if cache.directory else None, "hits": cache.hits,
                        "misses": cache.misses}
     result["seconds"] = round(time.perf_counter() - t_start, 2)
     return result
+
+
+def paired_differences(results: list[Result]) -> dict[str, Any]:
+    """ppl(B) − ppl(A) per evaluation length for every result B after the first, A (``report.paired_difference``:
+    over seeds, else over the evaluation blocks, else the 1e-3 rule): ``{"rows": [{"a", "b", "length", "diff",
+    "low", "high", "rule", "resolved"}], "text": a markdown table}``. ``UserError`` when B was evaluated on other
+    data or another number of targets than A, or shares no evaluation length with it."""
+    from .report import paired_difference
+
+    with_ppl = [r for r in results if r.get("ppl_vs_length")]
+    if len(with_ppl) < 2:
+        return {"rows": [], "text": ""}
+    a, rows = with_ppl[0], []
+    for b in with_ppl[1:]:
+        for key, what in (("data_digest", "data"), ("n_targets", "number of evaluation targets")):
+            va, vb = (r.get(key, (r.get("settings") or {}).get(key)) for r in (a, b))
+            if va is not None and vb is not None and va != vb:
+                raise UserError(f"compare: {run_label(b)} was evaluated on other {what} than {run_label(a)} "
+                                f"({vb} vs {va}); paired differences need the same evaluation (same --data, "
+                                f"--max-tokens)")
+        common = sorted(set(a["ppl_vs_length"]) & set(b["ppl_vs_length"]), key=int)
+        if not common:
+            raise UserError(f"compare: {run_label(b)} and {run_label(a)} share no evaluation length")
+        rows += [{"a": run_label(a), "b": run_label(b), "length": int(L)}
+                 | paired_difference(a, b, L, L, (a.get("ppl_interval") or {}).get("confidence", 0.95))
+                 for L in common]
+    lines = [f"Paired differences against {run_label(a)} (ppl of the run − ppl of {run_label(a)}, same text):", "",
+             "| run | L | difference | interval | rule | resolved |", "|---|---:|---:|---|---|---|"]
+    for r in rows:
+        interval = f"[{r['low']:+.3f}, {r['high']:+.3f}]" if r["low"] is not None else ""
+        lines.append(f"| {r['b']} | {r['length']} | {r['diff']:+.3f} | {interval} | {r['rule']} | "
+                     f"{'yes' if r['resolved'] else 'no'} |")
+    return {"rows": rows, "text": "\n".join(lines)}
+
+
+def ppl_intervals(blocks: dict[int, list[float]], n_targets: int, confidence: float, state: str) -> Result:
+    """``{"ppl_interval": {"confidence", "method", "block_tokens", "intervals": {L: {"low", "high", "blocks"}}},
+    "ppl_blocks": {"block_tokens", "counts", "sums": {L: [...]}}}``: the bootstrap interval of every ppl(L) over
+    the evaluated text and the blocks it resampled (kept so that ``compare`` can pair runs block by block)."""
+    from ..stats import BLOCK_TOKENS, block_counts, bootstrap_interval
+
+    counts = block_counts(n_targets)
+    intervals = {str(L): bootstrap_interval(sums, counts, confidence) for L, sums in sorted(blocks.items())}
+    method = f"block bootstrap over {BLOCK_TOKENS}-target blocks (percentile), eval state {state}"
+    return {"ppl_interval": {"confidence": confidence, "method": method, "block_tokens": BLOCK_TOKENS,
+                             "intervals": intervals},
+            "ppl_blocks": {"block_tokens": BLOCK_TOKENS, "counts": counts.tolist(),
+                           "sums": {str(L): sums for L, sums in sorted(blocks.items())}}}
 
 
 def write_outputs(result: Result, json_path: str | Path | None, plots_dir: str | Path | None = None,
@@ -220,18 +272,26 @@ def compare(results: list[Result], out_dir: str | Path, force: bool = False) -> 
     ``compare.md`` and ``compare.json`` (verdicts and perplexities per run) in ``out_dir``, by the rules of
     ``outputs.py`` (``force``: overwrite files longssm did not write).
 
+    With two results or more, the report ends with the paired differences of every other result against the
+    first (``paired_differences``); results evaluated on other data, or on other numbers of targets, are a
+    ``UserError``: their perplexities are not of the same text.
+
     Returns ``{"report": markdown, "plots": [paths], "files": [compare.md, compare.json]}``."""
     out, results = check_output_dir(out_dir, force), with_unique_labels(results)
-    report = markdown_report(results)
+    paired = paired_differences(results)
+    report = markdown_report(results) + (f"\n\n{paired['text']}" if paired["rows"] else "")
     with staged_outputs(out, "--out", force) as staging:
         plots = [out / p.name for p in plot_all(results, staging, heatmap=len(results) >= 2)]
         summary = {
             "runs": [{"label": run_label(r), "name": r.get("name"), "family": r.get("family"),
                       "scheme": r.get("scheme"), "train_seq_len": r.get("train_seq_len"),
                       "ppl_vs_length": r.get("ppl_vs_length"),
-                      "length_extension": length_extension_verdict(r["ppl_vs_length"], r.get("train_seq_len"))
-                      if r.get("ppl_vs_length") else None} for r in results],
+                      "length_extension": length_extension_verdict(
+                          r["ppl_vs_length"], r.get("train_seq_len"), r.get("ppl_blocks"),
+                          (r.get("ppl_interval") or {}).get("confidence", 0.95)) if r.get("ppl_vs_length") else None}
+                     for r in results],
             "plots": [str(p) for p in plots],
+            "paired_differences": paired["rows"],
         }
         (staging / "compare.md").write_text(report + "\n")
         (staging / "compare.json").write_text(json.dumps(summary, indent=2))
