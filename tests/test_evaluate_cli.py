@@ -260,3 +260,18 @@ def test_eval_intervals_hold_the_perplexity_and_ci_none_leaves_them_out(trained,
     plain = evaluate_run(run, dataclasses.replace(cfg, ci="none"), progress=False)
     assert "ppl_interval" not in plain and "ppl_blocks" not in plain
     assert plain["ppl_vs_length"] == pytest.approx(res["ppl_vs_length"], rel=1e-12)
+
+
+def test_compare_of_results_on_other_data_is_a_one_line_error(trained, tmp_path, capsys):
+    _, run, corpus = trained
+    other = tmp_path / "other.txt"
+    other.write_text(corpus.read_text(encoding="utf-8")[::-1], encoding="utf-8")
+    for name, data in (("a", corpus), ("b", other)):
+        code, _, err = run_cli(capsys, "eval", str(run), "--data", str(data), "--lengths", "16,64", "--max-tokens",
+                               "1024", "--json", str(tmp_path / f"{name}.json"), "--no-progress")
+        assert code == 0, err
+    code, _, err = run_cli(capsys, "compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out",
+                           str(tmp_path / "cmp"))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "was evaluated on other data than" in lines[0], err
+    assert not (tmp_path / "cmp").exists()

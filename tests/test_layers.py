@@ -273,7 +273,7 @@ def test_only_main_imports_the_cli(graph):
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "paths"),
-    ("config", "files", "lock"),
+    ("config", "files", "lock", "stats"),
     ("ops",),
     ("models",),
     ("data",),
