@@ -194,7 +194,7 @@ def test_two_seeds_give_mean_and_interval_tables_a_banded_plot_and_verdicts_over
 
 @pytest.mark.parametrize("args, message", [
     (["--seeds", "0", "--grid", "state.scheme=zero"], "--seeds must be >= 1; got 0"),
-    (["--seeds", "2", "--grid", "train.seed=1,2"], "--seeds 2 and --grid train.seed both set the seeds"),
+    (["--seeds", "2", "--grid", "train.seed=1,2"], "--seeds 2 (or train.seeds) and --grid train.seed both set the seeds"),
 ])
 def test_bad_seed_options_are_one_line_errors(tmp_path, corpus_file, capsys, args, message):
     config = write_config(tmp_path, corpus_file)
@@ -202,3 +202,20 @@ def test_bad_seed_options_are_one_line_errors(tmp_path, corpus_file, capsys, arg
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert not (tmp_path / "sweep").exists()
+
+
+def test_seeds_come_from_the_config_and_do_not_change_a_cells_digest(tmp_path, corpus_file):
+    from longssm.paths import shipped_configs
+    from longssm.sweep import config_digest, plan_cells, with_seeds
+
+    cfg = tiny_overrides(corpus_file, tmp_path / "cache", train__seeds=2, train__seed=5)
+    axes = with_seeds({"state.scheme": ["zero"]}, None, cfg, None)
+    assert axes["train.seed"] == ["5", "6"]  # the config's seed and the one after it
+    assert with_seeds({"state.scheme": ["zero"]}, 1, cfg, None) == {"state.scheme": ["zero"]}  # --seeds 1 wins
+    one, two = (plan_cells(dict(cfg, train=dict(cfg["train"], seeds=k)), None, {"state.scheme": ["zero"]},
+                           tmp_path / "s")[0].config for k in (1, 2))
+    assert config_digest(one) == config_digest(two)  # train.seeds is how many cells, not what one cell computes
+    paper = [path for name, path in shipped_configs().items() if name.endswith(("_cpu", "_paper"))]
+    assert len(paper) >= 18
+    for path in paper:  # every paper config declares its seeds
+        assert yaml.safe_load(path.read_text())["train"]["seeds"] >= 3, path.name

@@ -159,7 +159,7 @@ def quickstart(out: str = "runs/quickstart", family: str = "mamba,s5", steps: in
 
 def sweep(config_file: str | None = None, grid: list[str] | None = None, out: str = "runs/sweep",
           lengths: list[int] | None = None, eval_tokens: int = 65536, metrics: list[str] | None = None,
-          seeds: int = 1, progress: bool = True, overrides: dict[str, Any] | None = None) -> None:
+          seeds: int | None = None, progress: bool = True, overrides: dict[str, Any] | None = None) -> None:
     """Train every cell of a grid of config values (resumable), evaluate each, and write the table and plots.
 
     Dotted config keys (--train.steps 500, model.d_model=64) override the config of every cell; --grid keys vary
@@ -174,7 +174,8 @@ def sweep(config_file: str | None = None, grid: list[str] | None = None, out: st
         lengths: Comma-separated evaluation lengths; default 16, 32, ..., 32768 up to what --eval-tokens holds.
         eval_tokens: Validation tokens evaluated at every length.
         metrics: Comma-separated metrics (ppl_vs_length is always computed).
-        seeds: Train every cell with this many seeds (train.seed, train.seed + 1, ...); the table shows the mean ±
+        seeds: Train every cell with this many seeds (train.seed, train.seed + 1, ...; default the config's
+            train.seeds, which the shipped paper configs set to 3); the table shows the mean ±
             the half-width of its 95 % t interval over the seeds, the plot a band, the verdicts and the zero vs
             previous sentence are decided over the seeds.
         progress: Show progress bars (--no-progress turns them off).

@@ -321,6 +321,9 @@ class TrainConfig(Checked):
     """Processes training the run: recorded by train from torchrun's WORLD_SIZE (a value given here is replaced)."""
     seed: int = spec(0, ge=0, le=SEED_MAX)
     """Seed of weights, noise and every random choice."""
+    seeds: int = spec(1, ge=1, le=100)
+    """Seeds that longssm sweep trains every cell with: train.seed and the ones after it (a single run uses
+    train.seed alone; sweep --seeds overrides)."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"

@@ -42,7 +42,7 @@ from .config import EvalConfig, Overrides, RunConfig, apply_overrides, from_dict
 from .errors import UserError
 from .files import write_text_atomic
 
-UNHASHED = (("name",), ("train", "progress"))
+UNHASHED = (("name",), ("train", "progress"), ("train", "seeds"))
 """Config entries that do not change what a cell computes: left out of its digest."""
 TRAINING_FAILED = 3
 """Exit code of a cell's child process whose training stopped with a ``UserError`` (e.g. non-finite steps)."""
@@ -97,19 +97,22 @@ def parse_grid(specs: list[str]) -> dict[str, list[str]]:
 SEED_KEY = "train.seed"
 
 
-def with_seeds(axes: dict[str, list[str]], seeds: int, config: str | Path | dict[str, Any] | None,
+def with_seeds(axes: dict[str, list[str]], seeds: int | None, config: str | Path | dict[str, Any] | None,
                overrides: Overrides | None) -> dict[str, list[str]]:
-    """``axes`` plus the axis ``train.seed`` = the resolved config's seed and the ``seeds`` - 1 after it; unchanged
-    for ``seeds`` 1. ``UserError`` for ``seeds`` < 1 and for ``seeds`` > 1 with a grid that varies the seed."""
-    if seeds < 1:
+    """``axes`` plus the axis ``train.seed`` = the resolved config's seed and the ``seeds`` - 1 after it (None: the
+    config's ``train.seeds``); unchanged for one seed. ``UserError`` for ``seeds`` < 1 and for several seeds with
+    a grid that varies the seed."""
+    if seeds is not None and seeds < 1:
         raise UserError(f"--seeds must be >= 1; got {seeds}")
+    base = apply_overrides(read_config_file(config) if isinstance(config, (str, Path)) else config or {}, overrides)
+    train = from_dict(RunConfig, base).train
+    seeds = train.seeds if seeds is None else seeds
     if seeds == 1:
         return axes
     if SEED_KEY in axes:
-        raise UserError(f"--seeds {seeds} and --grid {SEED_KEY} both set the seeds: give one of them")
-    base = apply_overrides(read_config_file(config) if isinstance(config, (str, Path)) else config or {}, overrides)
-    first = from_dict(RunConfig, base).train.seed
-    return {**axes, SEED_KEY: [str(first + i) for i in range(seeds)]}
+        raise UserError(f"--seeds {seeds} (or train.seeds) and --grid {SEED_KEY} both set the seeds: give one of "
+                        f"them")
+    return {**axes, SEED_KEY: [str(train.seed + i) for i in range(seeds)]}
 
 
 def config_digest(cfg: RunConfig) -> str:
@@ -156,11 +159,12 @@ def plan_cells(config: str | Path | dict[str, Any] | None, overrides: Overrides 
 
 
 def sweep(config: str | Path | dict[str, Any] | None, grid: list[str], out: str | Path, eval_cfg: EvalConfig,
-          overrides: Overrides | None = None, progress: bool = True, seeds: int = 1) -> dict[str, Any]:
+          overrides: Overrides | None = None, progress: bool = True, seeds: int | None = None) -> dict[str, Any]:
     """Train and evaluate every cell not done yet, then write the results of every cell in ``out``.
 
-    ``seeds`` > 1: every cell is trained with ``seeds`` values of ``train.seed`` (the config's seed and the next
-    ones), as if ``--grid train.seed=...`` had been given, and the results aggregate them (``aggregate_seeds``).
+    ``seeds`` (None: the config's ``train.seeds``) > 1: every cell is trained with ``seeds`` values of ``train.seed``
+    (the config's seed and the next ones), as if ``--grid train.seed=...`` had been given, and the results
+    aggregate them (``aggregate_seeds``).
     Returns ``{"rows": [...], "files": [paths written]}`` (rows as in ``results.json``).
     """
     out = Path(out)
