@@ -194,7 +194,8 @@ def test_two_seeds_give_mean_and_interval_tables_a_banded_plot_and_verdicts_over
 
 @pytest.mark.parametrize("args, message", [
     (["--seeds", "0", "--grid", "state.scheme=zero"], "--seeds must be >= 1; got 0"),
-    (["--seeds", "2", "--grid", "train.seed=1,2"], "--seeds 2 (or train.seeds) and --grid train.seed both set the seeds"),
+    (["--seeds", "2", "--grid", "train.seed=1,2"],
+     "--seeds 2 (or train.seeds) and --grid train.seed both set the seeds"),
 ])
 def test_bad_seed_options_are_one_line_errors(tmp_path, corpus_file, capsys, args, message):
     config = write_config(tmp_path, corpus_file)
