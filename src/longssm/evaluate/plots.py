@@ -194,6 +194,9 @@ def plot_ppl_vs_length(results: list[Result], out: str | Path, title: str | None
     values = [row[2] for row in rows]
     if max(values) > 4 * min(values):  # one diverging curve would flatten every other on a linear axis
         ax.set_yscale("log")
+    low, high = min(values), max(values)  # the lines set the axis; a band wider than them is cut at its edge
+    ax.set_ylim(low / 1.05 if ax.get_yscale() == "log" else low - 0.05 * (high - low or 1),
+                high * 1.05 if ax.get_yscale() == "log" else high + 0.05 * (high - low or 1))
     _log2_axes(ax, "evaluation length L (tokens)", "perplexity (per token)", _train_lengths(results))
     return _save(fig, out, title or "Perplexity vs evaluation length (zero initial state per sequence)",
                  ["run", "length", "ppl"], rows)
