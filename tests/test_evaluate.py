@@ -489,18 +489,19 @@ def test_unwritable_plot_format_fails_before_writing_anything(metric_results, tm
 
 def test_write_outputs_and_compare(metric_results, tmp_path):
     a = full_result(metric_results, "a", 16, {"16": 9.0, "32": 8.0, "64": 7.5})
-    b = full_result(metric_results, "b", 32, {"16": 9.0, "64": 9.5})
+    b = full_result(metric_results, "b", 32, {"16": 9.0, "32": 9.0, "64": 9.5})
     report = write_outputs(a, tmp_path / "a.json", tmp_path / "plots")
     assert load_result(tmp_path / "a.json") == a and a["plots"][0].endswith("ppl_vs_length.png")
     assert (tmp_path / "a.md").read_text() == report + "\n"
     summary = compare([a, b], tmp_path / "cmp")
     assert summary["report"].startswith(markdown_report([a, b]) + "\n\nPaired differences against a (mamba, zero)")
     paired = json.loads((tmp_path / "cmp" / "compare.json").read_text())["paired_differences"]
-    assert [(p["length"], p["diff"], p["resolved"]) for p in paired] == [(16, 0.0, False), (64, 2.0, True)]
+    assert [(p["length"], p["diff"], p["resolved"]) for p in paired] == [(16, 0.0, False), (32, 1.0, True),
+                                                                          (64, 2.0, True)]
     assert all(p["rule"] == "relative change > 0.001" for p in paired)  # these results have no blocks
     runs = json.loads((tmp_path / "cmp" / "compare.json").read_text())["runs"]
     assert [(r["label"], r["length_extension"]["verdict"]) for r in runs] == [("a (mamba, zero)", "strong"),
-                                                                              ("b (mamba, zero)", "n/a")]
+                                                                              ("b (mamba, zero)", "none")]
     assert (tmp_path / "cmp" / "sweep_heatmap.png").is_file()
 
 
@@ -616,4 +617,7 @@ def test_compare_pairs_runs_block_by_block_and_refuses_other_data(metric_results
     other = with_blocks("c", base, digest="d2")
     with pytest.raises(UserError, match=r"compare: c \(mamba, zero\) was evaluated on other data than a"):
         compare([a, other], tmp_path / "cmp2")
+    shorter = {**b, "name": "d", "ppl_vs_length": {"16": 1.0, "32": 1.0}}
+    with pytest.raises(UserError, match=r"compare: d \(mamba, zero\) was evaluated at other lengths .*16,32 vs 16"):
+        compare([a, shorter], tmp_path / "cmp2")
     assert not (tmp_path / "cmp2").exists()

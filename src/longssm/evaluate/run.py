@@ -147,7 +147,7 @@ def paired_differences(results: list[Result]) -> dict[str, Any]:
     """ppl(B) − ppl(A) per evaluation length for every result B after the first, A (``report.paired_difference``:
     over seeds, else over the evaluation blocks, else the 1e-3 rule): ``{"rows": [{"a", "b", "length", "diff",
     "low", "high", "rule", "resolved"}], "text": a markdown table}``. ``UserError`` when B was evaluated on other
-    data or another number of targets than A, or shares no evaluation length with it."""
+    data, another number of targets or other lengths than A."""
     from .report import paired_difference
 
     with_ppl = [r for r in results if r.get("ppl_vs_length")]
@@ -162,8 +162,11 @@ def paired_differences(results: list[Result]) -> dict[str, Any]:
                                 f"({vb} vs {va}); paired differences need the same evaluation (same --data, "
                                 f"--max-tokens)")
         common = sorted(set(a["ppl_vs_length"]) & set(b["ppl_vs_length"]), key=int)
-        if not common:
-            raise UserError(f"compare: {run_label(b)} and {run_label(a)} share no evaluation length")
+        if set(a["ppl_vs_length"]) != set(b["ppl_vs_length"]):
+            raise UserError(f"compare: {run_label(b)} was evaluated at other lengths than {run_label(a)} "
+                            f"({','.join(sorted(b['ppl_vs_length'], key=int))} vs "
+                            f"{','.join(sorted(a['ppl_vs_length'], key=int))}); paired differences need the same "
+                            f"evaluation (same --lengths)")
         rows += [{"a": run_label(a), "b": run_label(b), "length": int(L)}
                  | paired_difference(a, b, L, L, (a.get("ppl_interval") or {}).get("confidence", 0.95))
                  for L in common]
@@ -273,8 +276,8 @@ def compare(results: list[Result], out_dir: str | Path, force: bool = False) -> 
     ``outputs.py`` (``force``: overwrite files longssm did not write).
 
     With two results or more, the report ends with the paired differences of every other result against the
-    first (``paired_differences``); results evaluated on other data, or on other numbers of targets, are a
-    ``UserError``: their perplexities are not of the same text.
+    first (``paired_differences``); results evaluated on other data, other numbers of targets or other lengths
+    are a ``UserError``: their perplexities are not of the same evaluation.
 
     Returns ``{"report": markdown, "plots": [paths], "files": [compare.md, compare.json]}``."""
     out, results = check_output_dir(out_dir, force), with_unique_labels(results)
