@@ -323,7 +323,7 @@ class TrainConfig(Checked):
     """Seed of weights, noise and every random choice."""
     seeds: int = spec(1, ge=1, le=100)
     """Seeds that longssm sweep trains every cell with: train.seed and the ones after it (a single run uses
-    train.seed alone; sweep --seeds overrides)."""
+    train.seed alone; the seeds option of longssm sweep overrides it)."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
