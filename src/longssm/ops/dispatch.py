@@ -170,16 +170,21 @@ def triton_self_check(device: torch.device) -> str | None:
     return None
 
 
+def _warn_unless_passed(reason: str | None, failed: str, device: torch.device) -> bool:
+    """True when a self-check passed (``reason`` None); else one warning, ``model.scan auto: <failed> self-check on
+    <device> (<reason>); using chunked``, and False."""
+    if reason is not None:
+        warnings.warn(f"model.scan auto: {failed} self-check on {device} ({reason}); using chunked", RuntimeWarning,
+                      stacklevel=3)
+    return reason is None
+
+
 @functools.cache
 def _triton_passes_self_check(device: torch.device) -> bool:
     """``triton_self_check`` once per device: False without triton (silently) or after a failure (one warning)."""
     if importlib.util.find_spec("triton") is None:
         return False
-    reason = triton_self_check(device)
-    if reason is not None:
-        warnings.warn(f"model.scan auto: the Triton scan failed its self-check on {device} ({reason}); "
-                      "using chunked", RuntimeWarning, stacklevel=2)
-    return reason is None
+    return _warn_unless_passed(triton_self_check(device), "the Triton scan failed its", device)
 
 
 @functools.cache
@@ -187,11 +192,7 @@ def _fla_passes_self_check(device: torch.device) -> bool:
     """``fla_kernels.self_check`` once per device: False without fla (silently) or after a failure (one warning)."""
     if fla_kernels.fla_unavailable() is not None:
         return False
-    reason = fla_kernels.self_check(device)
-    if reason is not None:
-        warnings.warn(f"model.scan auto: fla's kernels failed their self-check on {device} ({reason}); "
-                      "using chunked", RuntimeWarning, stacklevel=2)
-    return reason is None
+    return _warn_unless_passed(fla_kernels.self_check(device), "fla's kernels failed their", device)
 
 
 @functools.cache
@@ -200,8 +201,4 @@ def _mamba3_passes_self_check(device: torch.device) -> bool:
     (one warning)."""
     if mamba_ssm_unavailable("mamba_ssm_mamba3") is not None:
         return False
-    reason = mamba3_mamba_ssm.self_check(device)
-    if reason is not None:
-        warnings.warn(f"model.scan auto: mamba_ssm's Mamba-3 kernel failed its self-check on {device} ({reason}); "
-                      "using chunked", RuntimeWarning, stacklevel=2)
-    return reason is None
+    return _warn_unless_passed(mamba3_mamba_ssm.self_check(device), "mamba_ssm's Mamba-3 kernel failed its", device)
