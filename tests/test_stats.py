@@ -12,10 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from longssm.config import ModelConfig
+from longssm.evaluate import report
 from longssm.evaluate.perplexity import length_curve
 from longssm.models import build_model
 from longssm.stats import (
     BLOCK_TOKENS,
+    Blocks,
     block_counts,
     bootstrap_interval,
     excludes_zero,
@@ -50,6 +52,38 @@ def test_bootstrap_of_identical_blocks_is_a_point_and_a_paired_difference_of_equ
 def test_block_counts_cover_every_target():
     assert block_counts(3 * BLOCK_TOKENS).tolist() == [BLOCK_TOKENS] * 3
     assert block_counts(BLOCK_TOKENS + 10).tolist() == [BLOCK_TOKENS, 10]
+
+
+def test_blocks_round_trip_json_and_pair_only_the_same_blocks():
+    rng = np.random.default_rng(1)
+    n = 3 * BLOCK_TOKENS + 7
+    counts = block_counts(n)
+    sums = {64: (counts * rng.normal(1.6, 0.05, 4)).tolist(), 16: (counts * rng.normal(1.7, 0.05, 4)).tolist()}
+    blocks = Blocks.of(n, sums)
+    assert list(blocks.sums) == ["16", "64"] and sum(blocks.counts) == n
+    again = Blocks.from_json(blocks.to_json())
+    assert again == Blocks(blocks.counts, blocks.sums)
+    assert Blocks.from_json(None) is None and Blocks.from_json({"counts": []}) is None
+    assert blocks.interval(16) == bootstrap_interval(sums[16], blocks.counts)
+    assert blocks.paired(again, 16, 64) == paired_interval(sums[16], sums[64], blocks.counts)
+    assert blocks.paired(Blocks.of(n + BLOCK_TOKENS, {16: [1.0] * 5}), 16, 16) is None  # other blocks
+    assert blocks.paired(again, 16, 128) is None  # a length the other lacks
+    assert Blocks.of(10, {16: [1.0]}).paired(Blocks.of(10, {16: [2.0]}), 16, 16) is None  # one block: no pairing
+
+
+def test_a_stored_verdict_is_used_and_a_stale_one_is_decided_again(monkeypatch):
+    ppl = {"16": 5.0, "64": 6.0, "256": 5.5}
+    stored = report.length_extension_verdict(ppl, 16)
+    assert stored["verdict"] == "none"
+    calls = []
+    decide = report.length_extension_verdict
+    monkeypatch.setattr(report, "length_extension_verdict", lambda *a, **k: calls.append(a) or decide(*a, **k))
+    assert report.verdict_of({"ppl_vs_length": ppl, "train_seq_len": 16, "length_extension": stored}) == "none"
+    assert calls == []  # decided once, when the result was written
+    assert report.verdict_of({"ppl_vs_length": ppl, "train_seq_len": 64, "length_extension": stored}) == "strong"
+    old = {k: v for k, v in stored.items() if k != "rule"}  # written before the rule: decided again
+    assert report.verdict_of({"ppl_vs_length": ppl, "train_seq_len": 16, "length_extension": old}) == "none"
+    assert len(calls) == 2
 
 
 def tiny_model() -> torch.nn.Module:

@@ -28,8 +28,10 @@ granularity of 4k-token passages; it says nothing about the seed (see ``t_interv
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -100,3 +102,43 @@ def paired_interval(sums_a: Sequence[float], sums_b: Sequence[float], counts: Se
 def excludes_zero(interval: dict[str, float]) -> bool:
     """True when a difference's interval lies wholly on one side of zero (NaN bounds: False)."""
     return bool(interval["low"] > 0 or interval["high"] < 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocks:
+    """The blocks of one evaluation: ``counts`` targets per block (the same at every L) and, per length L (a
+    string, as in a result JSON), the Σ nll of each block. A result JSON keeps them as ``ppl_blocks``:
+    ``{"block_tokens", "counts", "sums": {L: [...]}}`` (``to_json`` / ``from_json``)."""
+
+    counts: tuple[float, ...]
+    sums: Mapping[str, Sequence[float]]
+    block_tokens: int = BLOCK_TOKENS
+
+    @classmethod
+    def of(cls, n_targets: int, sums: Mapping[int | str, Sequence[float]]) -> Blocks:
+        """The blocks of an evaluation of ``n_targets`` targets with the per-block sums ``{L: [...]}``."""
+        return cls(tuple(block_counts(n_targets).tolist()),
+                   {str(L): list(v) for L, v in sorted(sums.items(), key=lambda kv: int(kv[0]))})
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> Blocks | None:
+        """The blocks of a result's ``ppl_blocks``; None when it has none (``--ci none``, older results)."""
+        if not data or not data.get("counts"):
+            return None
+        return cls(tuple(data["counts"]), dict(data.get("sums") or {}), int(data.get("block_tokens", BLOCK_TOKENS)))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"block_tokens": self.block_tokens, "counts": list(self.counts), "sums": dict(self.sums)}
+
+    def interval(self, L: int | str, confidence: float = CONFIDENCE) -> dict[str, float]:
+        """``bootstrap_interval`` of ppl(L)."""
+        return bootstrap_interval(self.sums[str(L)], self.counts, confidence)
+
+    def paired(self, other: Blocks, L: int | str, L_other: int | str,
+               confidence: float = CONFIDENCE) -> dict[str, float] | None:
+        """``paired_interval`` of ppl_other(L_other) − ppl_self(L); None when the two do not share at least two
+        blocks of the same sizes, or lack a length."""
+        L, L_other = str(L), str(L_other)
+        if len(self.counts) < 2 or self.counts != other.counts or L not in self.sums or L_other not in other.sums:
+            return None
+        return paired_interval(self.sums[L], other.sums[L_other], self.counts, confidence)

@@ -390,17 +390,17 @@ def aggregate_seeds(rows: list[dict[str, Any]], keys: list[str],
         band = {L: [c["mean"] - c["half_width"], c["mean"] + c["half_width"]]
                 for L, c in ci.items() if c["half_width"] is not None}
         seconds = [r["train_seconds"] for r in group if r.get("train_seconds") is not None]
+        verdict = length_extension_verdict(mean, T, confidence=confidence, seeds=per_seed) if mean else None
         merged.append({
             "values": {k: group[0]["values"][k] for k in others}, "seeds": [r["values"][SEED_KEY] for r in group],
             "cells": [r["cell"] for r in group], "ppl_vs_length": mean, "ppl_seeds": per_seed, "ppl_ci": ci,
-            "verdict": length_extension_verdict(mean, T, confidence=confidence, seeds=per_seed)["verdict"]
-            if mean else None,
+            "verdict": verdict["verdict"] if verdict else None,
             "train_seconds": sum(seconds) / len(seconds) if seconds else None,
             "train_peak_mb": max((r["train_peak_mb"] for r in group if r.get("train_peak_mb")), default=None),
             "memory": group[0].get("memory"), "failed": next((r["failed"] for r in group if r.get("failed")), None),
             "result": {k: first.get(k) for k in ("family", "scheme", "train_seq_len")} | {
                 "name": values_label({k: group[0]["values"][k] for k in others}), "ppl_vs_length": mean,
-                "ppl_seeds": per_seed, "ppl_band": band},
+                "ppl_seeds": per_seed, "ppl_band": band, "length_extension": verdict},
         })
     return merged, others
 

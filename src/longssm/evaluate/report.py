@@ -40,7 +40,7 @@ def paired_difference(a: Result, b: Result, La: int | str, Lb: int | str, confid
     number (>= 2) of per-seed values (``ppl_seeds``, paired by seed: t interval of the differences), else over the
     evaluation's blocks when both have them (paired bootstrap), else no interval and resolved when the change
     exceeds ``tol`` of ppl_a. ``{"diff", "low", "high", "rule", "resolved"}`` (low, high None without interval)."""
-    from ..stats import excludes_zero, paired_interval, t_interval
+    from ..stats import Blocks, excludes_zero, t_interval
 
     La, Lb = str(La), str(Lb)
     pa, pb = a["ppl_vs_length"][La], b["ppl_vs_length"][Lb]
@@ -50,10 +50,9 @@ def paired_difference(a: Result, b: Result, La: int | str, Lb: int | str, confid
         out = {"diff": t["mean"], "low": t["mean"] - t["half_width"], "high": t["mean"] + t["half_width"],
                "rule": f"t over {len(sa)} seeds"}
         return out | {"resolved": excludes_zero(out)}
-    ba, bb = a.get("ppl_blocks") or {}, b.get("ppl_blocks") or {}
-    counts = ba.get("counts", [])
-    if len(counts) >= 2 and counts == bb.get("counts") and La in ba.get("sums", {}) and Lb in bb.get("sums", {}):
-        interval = paired_interval(ba["sums"][La], bb["sums"][Lb], counts, confidence)
+    ba, bb = Blocks.from_json(a.get("ppl_blocks")), Blocks.from_json(b.get("ppl_blocks"))
+    interval = ba.paired(bb, La, Lb, confidence) if ba and bb else None
+    if interval is not None:
         return {"diff": interval["diff"], "low": interval["low"], "high": interval["high"],
                 "rule": "paired bootstrap", "resolved": excludes_zero(interval)}
     return {"diff": pb - pa, "low": None, "high": None, "rule": f"relative change > {tol:g}",
@@ -71,7 +70,7 @@ def length_extension_verdict(ppl: dict[str, float], train_seq_len: int | None,
     T = int(train_seq_len or 0)
     points = sorted((int(k), float(v)) for k, v in ppl.items() if int(k) >= T)
     if len(points) < 2:
-        return {"verdict": "n/a", "from": T, "lengths": [p[0] for p in points], "worst_ratio": None}
+        return {"verdict": "n/a", "from": T, "lengths": [p[0] for p in points], "worst_ratio": None, "rule": None}
     result = {"ppl_vs_length": ppl, "ppl_blocks": blocks, "ppl_seeds": seeds}
 
     def change(i: int, j: int) -> dict[str, Any]:
@@ -86,12 +85,23 @@ def length_extension_verdict(ppl: dict[str, float], train_seq_len: int | None,
             "rule": overall["rule"]}
 
 
-def verdict_of(result: Result) -> str:
-    """The length-extension verdict of an eval result or a seed-aggregated sweep row (its seeds or blocks used when
-    it has them)."""
+def length_extension_of(result: Result) -> dict[str, Any]:
+    """The length-extension verdict of an eval result or a seed-aggregated sweep row: the one it stores
+    (``length_extension``, decided once when it was evaluated or aggregated) when this rule decided it, else
+    decided now from its seeds or blocks (results written before the rule had a ``"rule"`` entry, or a result whose
+    training length was changed since)."""
+    stored = result.get("length_extension")
+    if (isinstance(stored, dict) and "rule" in stored and stored.get("verdict")
+            and stored.get("from") == int(result.get("train_seq_len") or 0)):
+        return stored
     return length_extension_verdict(result["ppl_vs_length"], result.get("train_seq_len"), result.get("ppl_blocks"),
                                     (result.get("ppl_interval") or {}).get("confidence", 0.95),
-                                    seeds=result.get("ppl_seeds"))["verdict"]
+                                    seeds=result.get("ppl_seeds"))
+
+
+def verdict_of(result: Result) -> str:
+    """``length_extension_of(result)["verdict"]``."""
+    return length_extension_of(result)["verdict"]
 
 
 def run_label(result: Result) -> str:

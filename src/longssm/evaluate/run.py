@@ -49,7 +49,14 @@ from .context import EvalContext
 from .perplexity import default_tokens_per_forward, eval_token_count
 from .plots import plot_all
 from .registry import get_metric, metric_names, normalise_metrics
-from .report import Result, length_extension_verdict, markdown_report, run_label, with_unique_labels
+from .report import (
+    Result,
+    length_extension_of,
+    length_extension_verdict,
+    markdown_report,
+    run_label,
+    with_unique_labels,
+)
 
 
 def default_cache_dir(run: str | Path) -> Path:
@@ -183,15 +190,14 @@ def ppl_intervals(blocks: dict[int, list[float]], n_targets: int, confidence: fl
     """``{"ppl_interval": {"confidence", "method", "block_tokens", "intervals": {L: {"low", "high", "blocks"}}},
     "ppl_blocks": {"block_tokens", "counts", "sums": {L: [...]}}}``: the bootstrap interval of every ppl(L) over
     the evaluated text and the blocks it resampled (kept so that ``compare`` can pair runs block by block)."""
-    from ..stats import BLOCK_TOKENS, block_counts, bootstrap_interval
+    from ..stats import BLOCK_TOKENS, Blocks
 
-    counts = block_counts(n_targets)
-    intervals = {str(L): bootstrap_interval(sums, counts, confidence) for L, sums in sorted(blocks.items())}
+    kept = Blocks.of(n_targets, blocks)
+    intervals = {L: kept.interval(L, confidence) for L in kept.sums}
     method = f"block bootstrap over {BLOCK_TOKENS}-target blocks (percentile), eval state {state}"
     return {"ppl_interval": {"confidence": confidence, "method": method, "block_tokens": BLOCK_TOKENS,
                              "intervals": intervals},
-            "ppl_blocks": {"block_tokens": BLOCK_TOKENS, "counts": counts.tolist(),
-                           "sums": {str(L): sums for L, sums in sorted(blocks.items())}}}
+            "ppl_blocks": kept.to_json()}
 
 
 def write_outputs(result: Result, json_path: str | Path | None, plots_dir: str | Path | None = None,
@@ -289,9 +295,7 @@ def compare(results: list[Result], out_dir: str | Path, force: bool = False) -> 
             "runs": [{"label": run_label(r), "name": r.get("name"), "family": r.get("family"),
                       "scheme": r.get("scheme"), "train_seq_len": r.get("train_seq_len"),
                       "ppl_vs_length": r.get("ppl_vs_length"),
-                      "length_extension": length_extension_verdict(
-                          r["ppl_vs_length"], r.get("train_seq_len"), r.get("ppl_blocks"),
-                          (r.get("ppl_interval") or {}).get("confidence", 0.95)) if r.get("ppl_vs_length") else None}
+                      "length_extension": length_extension_of(r) if r.get("ppl_vs_length") else None}
                      for r in results],
             "plots": [str(p) for p in plots],
             "paired_differences": paired["rows"],
