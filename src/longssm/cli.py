@@ -144,8 +144,8 @@ def quickstart(out: str = "runs/quickstart", family: str = "mamba,s5", steps: in
 
     Args:
         out: Output directory (a sweep directory: rerun to resume).
-        family: Comma-separated model families (mamba, mamba2, s5, gru, lstm, deltanet, gated_deltanet, gla), each
-            trained twice.
+        family: Comma-separated model families (any of model.family: mamba, mamba2, mamba3, s5, gru, lstm,
+            deltanet, gated_deltanet, gla, swa), each trained twice.
         steps: Training steps per run (default 2000).
         tokenizer: byte, gpt2 or a tokenizer.json path.
         eval_tokens: Validation tokens evaluated at every length.
