@@ -392,8 +392,9 @@ class EvalConfig(Checked):
     """Text file, .npy token file or prepared dataset (longssm prepare; its valid split, or DIR/train) to evaluate
     on; null = the run's data.valid."""
     metrics: list[str] = spec(factory=lambda: ["ppl_vs_length"])
-    """Comma-separated metrics (ppl_vs_length, position_ppl, effective_remembrance, passkey, state_stats) or all;
-    the evaluation runs them in that order."""
+    """Comma-separated metrics (ppl_vs_length, position_ppl, effective_remembrance, passkey, state_stats, mqar,
+    copy, niah_multikey, niah_multivalue, niah_multiquery, variable_tracking) or all; the evaluation runs them in
+    that order."""
     lengths: list[int] | None = spec(None, ge=1)
     """Comma-separated evaluation lengths; null = 16, 32, ..., 32768 up to what the data holds."""
     max_tokens: int | None = spec(None, ge=1)
@@ -427,6 +428,46 @@ class EvalConfig(Checked):
     """Random keys per (length, depth) cell."""
     passkey_digits: int = spec(5, ge=1)
     """Digits of each passkey."""
+    task_lengths: list[int] | None = spec(None, ge=1)
+    """Comma-separated lengths of the long-context tasks (mqar, copy, niah_*, variable_tracking); null = the
+    evaluation lengths up to 8192 that hold each task's content."""
+    task_trials: int = spec(8, ge=1)
+    """Instances per (length, axis value) cell of each task."""
+    task_haystack: str = "wikitext"
+    """Filler of the tasks: wikitext (the shipped validation text), repeat (passkey's sentences) or a text file."""
+    task_depths: list[float] = spec(factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], ge=0, le=1)
+    """Comma-separated depths in [0, 1] of the first relevant needle (niah_*, variable_tracking)."""
+    mqar_pairs: list[int] = spec(factory=lambda: [4, 8, 16], ge=1)
+    """Comma-separated numbers of key-value pairs of mqar (its grid axis)."""
+    mqar_queries: int = spec(4, ge=1)
+    """Keys of mqar asked for (at most the pairs)."""
+    mqar_digits: int = spec(3, ge=1)
+    """Digits of each mqar value."""
+    mqar_key_letters: int = spec(3, ge=1)
+    """Letters of each mqar key (26^letters keys exist: more pairs than that is an error)."""
+    copy_fractions: list[float] = spec(factory=lambda: [0.1, 0.25, 0.5], gt=0, le=0.5)
+    """Comma-separated fractions of the length taken by the words to copy (copy's grid axis; the copy takes as
+    much again, filler the rest)."""
+    copy_letters: int = spec(5, ge=1)
+    """Longest random word of copy (1 .. letters letters each)."""
+    niah_needles: int = spec(4, ge=1)
+    """Needles (distinct keys) of niah_multikey and niah_multiquery."""
+    niah_values: int = spec(3, ge=1)
+    """Values of the one key of niah_multivalue."""
+    niah_queries: int = spec(2, ge=1)
+    """Keys asked for by niah_multiquery (at most the needles)."""
+    niah_digits: int = spec(5, ge=1)
+    """Digits of each needle's value."""
+    niah_key_letters: int = spec(6, ge=1)
+    """Letters of each needle's key."""
+    vt_hops: int = spec(4, ge=1)
+    """Assignments in variable_tracking's chain (X1 = value, X2 = X1, ...)."""
+    vt_chains: int = spec(2, ge=1)
+    """Chains in variable_tracking (one asked for, the others distractors with other values)."""
+    vt_digits: int = spec(5, ge=1)
+    """Digits of each chain's value."""
+    vt_name_letters: int = spec(5, ge=1)
+    """Letters of each variable name."""
     cache_dir: str | None = None
     """Evaluation cache directory; null = <run>/eval_cache."""
     use_cache: bool = True
@@ -445,6 +486,11 @@ class EvalConfig(Checked):
             self.passkey_lengths = sorted(set(self.passkey_lengths))
         if not self.passkey_depths:
             raise ConfigError("passkey_depths", "at least one depth in [0, 1]", self.passkey_depths)
+        if self.task_lengths is not None:
+            self.task_lengths = sorted(set(self.task_lengths))
+        for key in ("task_depths", "mqar_pairs", "copy_fractions"):
+            if not getattr(self, key):
+                raise ConfigError(key, "at least one value", getattr(self, key))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import itertools
 import json
 import math
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from ..data.tasks import EVAL_TASKS
 from ..errors import UserError
 from .report import Result, run_label, sweep_grid, verdict_of, with_unique_labels
 
@@ -266,6 +267,33 @@ def plot_passkey(results: list[Result], out: str | Path, title: str | None = Non
     return _save(fig, out, title or "Passkey retrieval", ["run", "score", "length", "depth", "accuracy"], rows)
 
 
+def plot_task(metric: str) -> Callable[[list[Result], str | Path, str | None], Path]:
+    """The plot of a long-context task metric (``evaluate/tasks.py``): accuracy over length × the task's axis, one
+    panel per run, with a line at the training length."""
+
+    def plot(results: list[Result], out: str | Path, title: str | None = None) -> Path:
+        runs, out = _runs_with(metric, results, out)
+        fig, axes = _figure(5.5, 3.2 * max(1, len(runs)), max(1, len(runs)), 1)
+        rows = []
+        for res, ax_row in zip(runs, axes):
+            t, label, ax = res[metric], run_label(res), ax_row[0]
+            lengths, values = [str(x) for x in t["lengths"]], list(next(iter(t["accuracy"].values())))
+            grid = [[t["accuracy"][L][v] for L in lengths] for v in values]
+            _annotated_grid(fig, ax, grid, lengths, values, "viridis", "lower", vmin=0, vmax=1)
+            ax.set_xlabel("length L (tokens)")
+            ax.set_ylabel(t["axis"])
+            ax.set_title(f"{label}\n{metric}: answers right (chance {t['chance']:.2g})", fontsize=8)
+            if res.get("train_seq_len"):
+                boundary = _boundary_below(t["lengths"], int(res["train_seq_len"]))
+                if -0.5 < boundary < len(lengths) - 0.5:
+                    ax.axvline(boundary, color="white", linestyle="--", linewidth=1)
+            rows += [(label, L, v, t["accuracy"][L][v], t["answers"][L][v]) for v in values for L in lengths]
+        return _save(fig, out, title or f"{metric} accuracy", ["run", "length", t["axis"], "accuracy", "answers"],
+                     rows)
+
+    return plot
+
+
 def plot_state_stats(results: list[Result], out: str | Path, title: str | None = None) -> Path:
     """Per state tensor: mean ‖h‖ (solid) and max |h| (dotted) vs position, one panel per run, log-log."""
     runs, out = _runs_with("state_stats", results, out)
@@ -346,6 +374,7 @@ PLOTTERS = {
     "effective_remembrance": plot_effective_remembrance,
     "passkey": plot_passkey,
     "state_stats": plot_state_stats,
+    **{name: plot_task(name) for name in EVAL_TASKS},
 }
 """Metric -> its plot, written as ``<metric>.png``."""
 

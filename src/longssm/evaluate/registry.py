@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..data.tasks import EVAL_TASKS
 from ..errors import ConfigError, UserError
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ BUILTIN_METRICS = {
     "effective_remembrance": "remembrance",
     "passkey": "passkey",
     "state_stats": "state_stats",
+    **{name: "tasks" for name in EVAL_TASKS},
 }
 """The built-in metrics in canonical order (that of ``--metrics all`` and of the result JSON) -> the module of
 ``longssm.evaluate`` that registers each."""

@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..data.tasks import EVAL_TASKS
+
 Result = dict[str, Any]
 """An eval result as written to JSON (see ``evaluate/run.py``)."""
 
@@ -237,11 +239,18 @@ def _state_lines(r: Result, st: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _task_lines(r: Result, t: dict[str, Any]) -> list[str]:
+    cells = ", ".join(f"L={L}: {acc:.2f}" for L, acc in t["mean_accuracy"].items())
+    return [f": {cells} (chance {t['chance']:.1e} per answer; {t['trials']} instances per cell)"]
+
+
 SECTIONS: list[tuple[str, str, Callable[[Result, dict[str, Any]], list[str]]]] = [
     ("position_ppl", "**Position-wise loss** (octave bins of context size; nats/token)", _position_lines),
     ("effective_remembrance", "**Effective Remembrance** EffRem_T(t)", _effrem_lines),
     ("passkey", "**Passkey** mean accuracy over depths (greedy / ranked)", _passkey_lines),
     ("state_stats", "**State norm** mean ‖h‖ at the first / training / last position", _state_lines),
+    *((name, f"**{name}** accuracy (answers token-exact, teacher-forced), mean over its grid axis", _task_lines)
+      for name in EVAL_TASKS),
 ]
 """(metric, heading, lines of one run) of the report sections after the perplexity table; each line follows the
 run's label."""
