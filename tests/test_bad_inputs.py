@@ -23,6 +23,7 @@ import bad_cases_families
 import bad_cases_os
 import bad_cases_outputs
 import bad_cases_runs
+import bad_cases_tasks
 from conftest import ForkedCli, assert_one_line_error, file_hashes, longssm, tiny_train_args
 from longssm.cli import COMMANDS
 
@@ -225,7 +226,8 @@ NEW_COMMAND_CASES: dict[str, list[Case]] = {
                                                          "--out", i.path("cal")], "nope.txt", 2)],
 }
 CASES += [case for command, cases in NEW_COMMAND_CASES.items() if command in COMMANDS for case in cases]
-EXTRA = (bad_cases_os, bad_cases_config, bad_cases_outputs, bad_cases_runs, bad_cases_corpus, bad_cases_families)
+EXTRA = (bad_cases_os, bad_cases_config, bad_cases_outputs, bad_cases_runs, bad_cases_corpus, bad_cases_families,
+         bad_cases_tasks)
 """The cases of issue 20, one module per topic: safe runs, output paths, config values, operating-system errors."""
 CASES += [case for module in EXTRA for case in module.CASES]
 

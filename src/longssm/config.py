@@ -271,7 +271,9 @@ class DataConfig(Checked):
 
     train: str = "builtin:wikitext-103/wiki.train.prefix.tokens"
     """Training data: a prepared dataset directory (longssm prepare; its train split), a text file (prepared into
-    the cache on first use) or a .npy token file. 'builtin:' paths name the data shipped inside the package."""
+    the cache on first use), a .npy token file, or a stream of long-context task instances,
+    synthetic:<task>?length=256&<key>=<value>... (mqar, copy, niah_*, variable_tracking, passkey; README "Long-context
+    tasks"). 'builtin:' paths name the data shipped inside the package."""
     valid: str = "builtin:wikitext-103/wiki.valid.tokens"
     """Validation data used by periodic validation and evaluation: the same kinds (a prepared directory: its valid
     split, or name DIR/train)."""

@@ -20,6 +20,7 @@ from ..paths import cache_path, resolve_path
 from .prepare import prepare_dataset
 from .prepared import MANIFEST, Corpus, Role, is_prepared, open_prepared
 from .sources import HEADING
+from .task_stream import is_synthetic, synthetic_corpus
 from .tokenizer import Tokenizer
 
 __all__ = ["Corpus", "load_corpus", "split_documents"]
@@ -57,10 +58,13 @@ def load_corpus(
     spec: str, tokenizer: Tokenizer, cache_dir: str | Path | None = None, progress: bool = True,
     role: Role = "train",
 ) -> Corpus:
-    """The corpus ``spec`` names: a prepared dataset directory (``longssm prepare``; ``role`` picks its train or
-    valid split, or name ``DIR/train``, ``DIR/valid``), a ``.npy`` token file (one document), or a text file, which
-    is prepared once (WikiText headings split documents, no separator token: the same tokens as a file read whole,
-    article by article) into ``cache_dir`` (None: the user's cache directory, ``paths.user_cache_dir``)."""
+    """The corpus ``spec`` names: a task stream (``synthetic:<task>?...``, ``task_stream.py``), a prepared dataset
+    directory (``longssm prepare``; ``role`` picks its train or valid split, or name ``DIR/train``, ``DIR/valid``),
+    a ``.npy`` token file (one document), or a text file, which is prepared once (WikiText headings split documents,
+    no separator token: the same tokens as a file read whole, article by article) into ``cache_dir`` (None: the
+    user's cache directory, ``paths.user_cache_dir``)."""
+    if is_synthetic(spec):
+        return synthetic_corpus(spec, tokenizer, role)
     path = resolve_path(spec)
     if is_prepared(path):
         return open_prepared(spec, tokenizer, role)

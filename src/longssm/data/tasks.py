@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -317,7 +318,7 @@ def copy_task(rng, tokenizer, hay, length, fraction, letters) -> Instance:
     sep = "\nThe words again:"
     fixed = b.length() + len(tokenizer.encode(sep))
     words: list[str] = []
-    room = int(fraction * length) - b.length()
+    room = int(fraction * length)
     used = 0
     while True:
         w = f" {word(rng, int(rng.integers(1, letters + 1)))}"
@@ -327,7 +328,8 @@ def copy_task(rng, tokenizer, hay, length, fraction, letters) -> Instance:
         words.append(w)
         used += n
     if not words:
-        raise too_short("copy", length, fixed + 2 * len(tokenizer.encode(" a")))
+        one = len(tokenizer.encode(" a"))
+        raise too_short("copy", length, max(fixed + 2 * one, math.ceil(one / fraction)))
     for w in words:
         b.add(w)
     b.extend(*hay.take(rng, length - fixed - 2 * used))

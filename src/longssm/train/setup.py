@@ -18,6 +18,7 @@ from .. import checkpoint as ckpt_io
 from ..config import RunConfig, to_dict
 from ..data.corpus import load_corpus
 from ..data.streams import StreamLoader
+from ..data.task_stream import PREFIX as SYNTHETIC_PREFIX
 from ..data.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 from ..errors import UserError
 from ..models import build_model
@@ -201,8 +202,8 @@ def check_vocabulary(cfg: RunConfig, tokenizer: Tokenizer) -> None:
 
 
 def _absolute(spec: str) -> str:
-    """A path made absolute against the working directory; ``builtin:`` paths stay as they are."""
-    return spec if spec.startswith(BUILTIN_PREFIX) else str(resolve_path(spec).absolute())
+    """A path made absolute against the working directory; ``builtin:`` paths and task streams stay as they are."""
+    return spec if spec.startswith((BUILTIN_PREFIX, SYNTHETIC_PREFIX)) else str(resolve_path(spec).absolute())
 
 
 def check_same_data(saved: ckpt_io.TrainingCheckpoint | None, cfg: RunConfig, digest: str) -> None:
