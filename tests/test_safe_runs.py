@@ -120,6 +120,7 @@ def test_overwrite_deletes_only_what_trainings_wrote(work):
         proc = longssm(*args(work, "users_dir", "--overwrite", "--train.checkpoint_every", "3"))
         assert proc.returncode == 0, proc.stderr
     assert "--overwrite keeps" in proc.stderr and "my_model.pt" in proc.stderr
+    assert ".longssm-lock.json" not in proc.stderr  # the lock's own file is longssm's, not the user's
     assert (run / "checkpoints" / "my_model.pt").read_bytes() == b"the user's own file"
     assert (run / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["my_model.pt", "step-00000003",

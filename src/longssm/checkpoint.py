@@ -39,6 +39,7 @@ from safetensors.torch import load_file, save_file
 from .config import RunConfig, from_dict, to_dict
 from .errors import OperationFailed, UserError, first_line
 from .files import OLD_PREFIX, TMP_PREFIX, atomic_dir
+from .lock import HOLDER_FILE
 from .paths import resolve_path
 
 META = "meta.json"
@@ -333,7 +334,8 @@ def clear_run(run_dir: Path) -> list[Path]:
     """Delete what trainings wrote into ``run_dir`` (``train --overwrite``) and return what stays: the entries
     ``run.json`` lists as written (``RUN_ENTRIES`` for a run without one), and inside ``checkpoints/``, ``final/``,
     ``tensorboard/`` and ``eval_cache/`` only the files longssm writes there (checkpoint directories and their
-    files, TensorBoard event files, cache entries). Any other file stays, and so does the directory holding it."""
+    files, TensorBoard event files, cache entries). Any other file stays, and so does the directory holding it (the
+    lock's holder file stays too, unlisted: it is longssm's, and in use)."""
     written = read_run_record(run_dir).get("written", RUN_ENTRIES)
     for name in (n for n in RUN_ENTRIES if n in written):
         entry = run_dir / name
@@ -341,7 +343,7 @@ def clear_run(run_dir: Path) -> list[Path]:
             entry.unlink()
         elif entry.is_dir():
             _clear_ours(entry, name)
-    return sorted(p for p in run_dir.rglob("*") if p.is_file() and p.name != RUN_RECORD)
+    return sorted(p for p in run_dir.rglob("*") if p.is_file() and p.name not in (RUN_RECORD, HOLDER_FILE))
 
 
 def _clear_ours(entry: Path, name: str) -> None:

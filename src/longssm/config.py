@@ -445,6 +445,9 @@ class EvalConfig(Checked):
     """Keys of mqar asked for (at most the pairs)."""
     mqar_digits: int = spec(3, ge=1)
     """Digits of each mqar value."""
+    mqar_echo: int = spec(0, ge=0, le=1)
+    """1: mqar asks its queries once more, unscored, right after the pairs (the format of mqar training data made
+    with echo=1)."""
     mqar_key_letters: int = spec(3, ge=1)
     """Letters of each mqar key (26^letters keys exist: more pairs than that is an error)."""
     copy_fractions: list[float] = spec(factory=lambda: [0.1, 0.25, 0.5], gt=0, le=0.5)

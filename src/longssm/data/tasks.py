@@ -25,7 +25,10 @@ Glossary
 Formats (``{v}``: a random number of ``digits`` digits without a leading zero; ``{k}``: a random lowercase word;
 ``{X}``: a random uppercase word; ``[hay]``: haystack units; an answer piece is written ⟨ ⟩):
 
-    mqar            "Remember the pairs:" ( " {k}" " {v}" )×pairs "." [hay] "\\nRecall:" ( " {k}" ⟨ " {v}"⟩ )×queries
+    mqar            "Remember the pairs:" ( " {k}" " {v}" )×pairs "." [hay] "\\nRecall:" ( " {k}" ⟨ " {v}"⟩ )×queries;
+                    with echo=1 the queries are asked once more, unscored, right after the pairs: "\\nCheck:"
+                    ( " {k}" " {v}" )×queries before the haystack (training data whose windows teach storing the
+                    pairs: under truncated BPTT nothing else does, see ``synthetic.py``)
     copy            "Copy the words:" ( " {k}" )×n [hay] "\\nThe words again:" ( ⟨" {k}"⟩ )×n
     niah_multikey   "Some special magic numbers are hidden in the text. Remember them.\\n" [hay with needles
                     " One of the special magic numbers for {k} is: {v}." for `needles` distinct keys]
@@ -278,12 +281,13 @@ class Task:
                 out[key] = int(value)
             except (TypeError, ValueError):
                 raise UserError(f"task {self.name}: {key} must be an integer; got {value!r}") from None
-            if out[key] < 1:
-                raise UserError(f"task {self.name}: {key} must be >= 1; got {value!r}")
+            low, high = (0, 1) if key == "echo" else (1, None)
+            if out[key] < low or (high is not None and out[key] > high):
+                raise UserError(f"task {self.name}: {key} must be {'0 or 1' if high else '>= 1'}; got {value!r}")
         return out
 
 
-def mqar(rng, tokenizer, hay, length, pairs, digits, key_letters, queries) -> Instance:
+def mqar(rng, tokenizer, hay, length, pairs, digits, key_letters, queries, echo) -> Instance:
     pairs = int(pairs)
     keys = distinct(rng, pairs, lambda r: word(r, key_letters), 26**key_letters, "mqar keys")
     values = [number(rng, digits) for _ in keys]
@@ -294,6 +298,11 @@ def mqar(rng, tokenizer, hay, length, pairs, digits, key_letters, queries) -> In
         b.add(f" {k}")
         b.add(f" {v}")
     b.add(".")
+    if echo:  # the queries asked once right away, unscored: text inside a training window that teaches storing
+        b.add("\nCheck:")
+        for i in asked:
+            b.add(f" {keys[i]}")
+            b.add(f" {values[i]}")
     tail = ["\nRecall:"] + [t for i in asked for t in (f" {keys[i]}", f" {values[i]}")]
     need = b.length() + cost(tokenizer, tail)
     if need > length:
@@ -477,7 +486,7 @@ def _niah_task(name: str) -> Task:
 
 
 TASKS: dict[str, Task] = {
-    "mqar": Task("mqar", "pairs", (4, 8, 16), {"digits": 3, "key_letters": 3, "queries": 4},
+    "mqar": Task("mqar", "pairs", (4, 8, 16), {"digits": 3, "key_letters": 3, "queries": 4, "echo": 0},
                  mqar, parse_mqar, _number_guess, _number_chance),
     "copy": Task("copy", "fraction", (0.1, 0.25, 0.5), {"letters": 5},
                  copy_task, parse_copy, _word_guess, _word_chance),
