@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from .cli_options import Command, OptionTable, Parsed
-from .config import EvalConfig, RunConfig, apply_overrides, from_dict, read_config_file, to_dict
+from .config import EvalConfig, RunConfig, apply_overrides, from_dict, leaf_fields, read_config_file, to_dict
 from .errors import ConfigError, OutOfMemory, UserError, allocation_failure, os_error_line
 
 
@@ -311,6 +311,38 @@ def lm_eval(run: str, tasks: list[str], include_path: str | None = None, limit: 
         print(f"wrote {output}", file=sys.stderr)
 
 
+def tasks_command(action: str, out: str, tasks: list[str], cfg: EvalConfig, tokenizer: str = "byte",
+                  force: bool = False) -> None:
+    """Long-context tasks offline: `tasks export` writes mqar, copy, niah_*, variable_tracking and passkey as
+    lm-evaluation-harness tasks (a folder of task YAMLs for `longssm lm-eval`).
+
+    The instances are those that `longssm eval` scores as the metric of the same name with the same settings
+    (tokenizer, task lengths, trials, haystack, seed, axis values and task keys), one loglikelihood request per
+    answer: the text before it as the context, the answer as the target, acc = the share of answers whose every
+    token is the argmax.
+    The folder holds TASK.jsonl and TASK.yaml (the harness task longssm_TASK) per task, manifest.json and README.md
+    (settings, counts, and the commands that score it).
+
+    Args:
+        action: export (the only action so far).
+        out: Output directory (it may exist; files in it that longssm did not write are not overwritten).
+        tasks: Comma-separated tasks: mqar, copy, niah_multikey, niah_multivalue, niah_multiquery,
+            variable_tracking, passkey.
+        tokenizer: byte, gpt2 or a tokenizer.json path: the data.tokenizer of the runs to score.
+        force: Overwrite existing output files that longssm did not write.
+    """
+    if action != "export":
+        raise UserError(f"unknown action {action!r} (actions: export)")
+    from .task_export import export_tasks
+
+    manifest = export_tasks(out, tasks, tokenizer, cfg, force)
+    for task in manifest["tasks"].values():
+        print(f"{task['lm_eval_task']}: {task['requests']} requests from {task['instances']} instances "
+              f"(lengths {','.join(map(str, task['lengths']))}; {task['axis']} "
+              f"{','.join(f'{v:g}' for v in task['axis_values'])})")
+    print(f"wrote {out}: score with `{manifest['commands']['lm_eval']}`")
+
+
 def import_checkpoint(path: str, out: str, tokenizer: str | None = None) -> None:
     """Import a Hugging Face (Mamba, Mamba2), fla (GatedDeltaNet, DeltaNet, GLA) or original mamba_ssm checkpoint
     directory as a longssm run directory.
@@ -371,6 +403,10 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+TASK_KEYS = tuple(f.key for f in leaf_fields(EvalConfig) if f.key in ("seed", "passkey_digits")
+                  or f.key.startswith(("task_", "mqar_", "copy_", "niah_", "vt_")))
+"""The ``EvalConfig`` keys of the long-context tasks: the options of ``tasks export``."""
+
 COMMANDS: dict[str, Command] = {
     "train": Command(train, RunConfig, switches=(("progress", "train.progress"),)),
     "eval": Command(evaluate, EvalConfig, positional=("run",), flags=(("json_out", "json"), ("use_cache", "cache"))),
@@ -381,6 +417,7 @@ COMMANDS: dict[str, Command] = {
     "prepare": Command(prepare, positional=("inputs",), repeated=("valid",)),
     "generate": Command(generate, positional=("run",)),
     "lm-eval": Command(lm_eval, positional=("run",)),
+    "tasks": Command(tasks_command, EvalConfig, positional=("action",), config_keys=TASK_KEYS),
     "import": Command(import_checkpoint, positional=("path",)),
     "export": Command(export, positional=("run",)),
     "calibrate": Command(calibrate, positional=("run",)),

@@ -88,6 +88,8 @@ class Command:
     """(switch name, boolean config key it sets): ``("progress", "train.progress")`` for ``--no-progress``."""
     overrides: bool = False
     """Takes dotted ``RunConfig`` keys, passed to the function as ``overrides`` (a dotted dict)."""
+    config_keys: tuple[str, ...] = ()
+    """The fields of ``config`` that are options of this command (empty: every field)."""
 
 
 @dataclass
@@ -142,7 +144,8 @@ class OptionTable:
             self._add_meta_options(spec.config)
         self._add_parameters(param_docs)
         if spec.config is not None:
-            self._add_fields(leaf_fields(spec.config), "")
+            self._add_fields([f for f in leaf_fields(spec.config) if not spec.config_keys or f.key in spec.config_keys],
+                             "")
         if spec.overrides:
             from .config import RunConfig
 
