@@ -410,7 +410,7 @@ class EvalConfig(Checked):
     order: Literal["consecutive", "shuffled"] = "consecutive"
     """Sequence order within the carried-state streams (with state previous)."""
     seed: int = spec(0, ge=0, le=SEED_MAX)
-    """Seed of the shuffled order and the passkeys."""
+    """Seed of the shuffled order, the passkeys and the long-context task instances."""
     ci: Literal["bootstrap", "none"] = "bootstrap"
     """Confidence intervals of ppl_vs_length over the evaluated text: bootstrap (blocks of 4096 targets, resampled;
     see longssm.stats) or none."""

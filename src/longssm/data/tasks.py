@@ -40,7 +40,9 @@ Formats (``{v}``: a random number of ``digits`` digits without a leading zero; `
     variable_tracking "Memorize the variables.\\n" [hay with " VAR {X1} = {v} ." then " VAR {Xi} = {Xi-1} ." for
                     i = 2 .. hops, in order; `chains` chains, the others with other values]
                     "\\nWhat is the value of {Xh}? The value of {Xh} is" ⟨" {v}"⟩
-    passkey         ``evaluate/passkey.py``'s PREFIX [hay] NEEDLE [hay] QUESTION ⟨" {v}"⟩ (haystack repeat)
+    passkey         ``evaluate/passkey.py``'s PREFIX [hay] NEEDLE [hay] QUESTION ⟨" {v}"⟩ (the passkey metric builds
+                    its own prompts, with the repeat haystack cut to exactly L; this generator is passkey for
+                    training data and the export, with whichever haystack is given)
 
 Every piece after the first starts with whitespace, and every unit ends with a non-space, so no tokenizer that
 splits words at whitespace first (byte, GPT-2's BPE) merges tokens across pieces: the piecewise ids equal the ids
@@ -242,8 +244,12 @@ def with_needles(b: Builder, rng: np.random.Generator, hay: Haystack, budget: in
     b.extend(texts[previous:], ids[previous:])
 
 
-def too_short(task: str, length: int, needed: int) -> UserError:
-    return UserError(f"{task}: length {length} is too short for the task's content ({needed} tokens with these "
+class TooShort(UserError):
+    """A length too short for a task's content."""
+
+
+def too_short(task: str, length: int, needed: int) -> TooShort:
+    return TooShort(f"{task}: length {length} is too short for the task's content ({needed} tokens with these "
                      f"settings and this tokenizer); use longer task lengths or fewer pairs/needles")
 
 

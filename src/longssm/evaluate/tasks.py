@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..data.tasks import EVAL_TASKS, TASKS, Instance, Task, axis_key, chance, instances, load_haystack
+from ..data.tasks import EVAL_TASKS, TASKS, Instance, Task, TooShort, axis_key, chance, instances, load_haystack
 from ..errors import UserError
 from ..runtime.feed import feed
 from .registry import MetricResult, register_metric
@@ -73,10 +73,8 @@ def axis_values(cfg: EvalConfig, task: Task) -> list[float]:
 def _fits(task: Task, ctx: EvalContext, hay, length: int, settings: dict[str, int]) -> bool:
     try:
         instances(task, ctx.tokenizer, hay, length, max(axis_values(ctx.cfg, task)), 1, ctx.cfg.seed, settings)
-    except UserError as e:
-        if "too short" in str(e):
-            return False
-        raise
+    except TooShort:
+        return False
     return True
 
 
