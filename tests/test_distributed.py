@@ -238,11 +238,12 @@ def test_every_state_scheme_gives_the_one_process_states(two_process_results):
                                    msg=name)
 
 
-EVAL_METRICS = ["ppl_vs_length", "position_ppl", "state_stats", "effective_remembrance"]
+EVAL_METRICS = ["ppl_vs_length", "position_ppl", "state_stats", "effective_remembrance", "mqar"]
 EVAL_SETTINGS = {"lengths": [8, 32, 128], "max_tokens": 1152, "chunk": 16, "effrem_length": 32,
-                 "effrem_sequences": 3}
-"""N = 1152 targets: 9 sequences of 128 (position pass, L = 128 read off it), 36 of 32 and 144 of 8, and 3
-EffRem windows: every split over 2 processes is uneven."""
+                 "effrem_sequences": 3, "task_lengths": [128], "task_trials": 3, "mqar_pairs": [2, 3],
+                 "task_haystack": "repeat"}
+"""N = 1152 targets: 9 sequences of 128 (position pass, L = 128 read off it), 36 of 32 and 144 of 8, 3 EffRem
+windows and 3 mqar instances per cell: every split over 2 processes is uneven."""
 
 
 def eval_args(run: Path, cache: Path, state: str, json_out: Path) -> list[str]:
@@ -305,14 +306,14 @@ def test_sharded_eval_command_equals_one_process(two_process_run, two_process_ev
 @pytest.mark.slow
 def test_sharded_eval_hits_are_decided_together(two_process_evals):
     cold, previous, warm = (two_process_evals[name] for name in ("zero", "previous", "zero, warm"))
-    # ppl_vs_length at L = 8, 32, 128 (128: read off the position pass), position_ppl, state_stats, EffRem
-    assert (cold["cache"]["hits"], cold["cache"]["misses"]) == (0, 6)
-    assert (previous["cache"]["hits"], previous["cache"]["misses"]) == (3, 3)  # only the 3 carried-state lengths
-    assert (warm["cache"]["hits"], warm["cache"]["misses"]) == (6, 0)
+    # ppl_vs_length at L = 8, 32, 128 (128: read off the position pass), position_ppl, state_stats, EffRem, mqar
+    assert (cold["cache"]["hits"], cold["cache"]["misses"]) == (0, 7)
+    assert (previous["cache"]["hits"], previous["cache"]["misses"]) == (4, 3)  # only the 3 carried-state lengths
+    assert (warm["cache"]["hits"], warm["cache"]["misses"]) == (7, 0)
     for metric in EVAL_METRICS:
         assert warm[metric] == cold[metric], metric
     entries = sorted(Path(cold["cache"]["dir"]).rglob("*"))
-    assert len([p for p in entries if p.is_file()]) == 9 and not [p for p in entries if ".tmp" in p.name]
+    assert len([p for p in entries if p.is_file()]) == 10 and not [p for p in entries if ".tmp" in p.name]
 
 
 @dataclass(frozen=True)

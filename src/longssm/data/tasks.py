@@ -334,12 +334,14 @@ def copy_task(rng, tokenizer, hay, length, fraction, letters) -> Instance:
     fixed = b.length() + len(tokenizer.encode(sep))
     words: list[str] = []
     room = int(fraction * length)
-    used = 0
-    while True:
+    used, misses = 0, 0
+    while misses < 8:  # the room is filled until 8 draws in a row no longer fit
         w = f" {word(rng, int(rng.integers(1, letters + 1)))}"
         n = len(tokenizer.encode(w))
         if used + n > room or 2 * (used + n) + fixed > length:
-            break
+            misses += 1
+            continue
+        misses = 0
         words.append(w)
         used += n
     if not words:
