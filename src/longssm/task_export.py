@@ -38,7 +38,6 @@ import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import yaml
@@ -90,9 +89,7 @@ def plan(task: Task, tokenizer: Tokenizer, cfg: EvalConfig) -> Plan:
     settings = task_settings(cfg, task)
     task.check_params(settings)
     hay = load_haystack(cfg.task_haystack, tokenizer)
-    # task_lengths reads cfg, tokenizer and the evaluation lengths of its context: those of long enough data
-    lengths = task_lengths(SimpleNamespace(cfg=cfg, tokenizer=tokenizer, lengths=list(DEFAULT_LENGTHS)), task, hay,
-                           settings)
+    lengths = task_lengths(cfg, tokenizer, list(DEFAULT_LENGTHS), task, hay, settings)  # those of long enough data
     return Plan(task, settings, lengths, axis_values(cfg, task))
 
 

@@ -70,22 +70,23 @@ def axis_values(cfg: EvalConfig, task: Task) -> list[float]:
                                "fraction": cfg.copy_fractions}[task.axis]]
 
 
-def _fits(task: Task, ctx: EvalContext, hay, length: int, settings: dict[str, int]) -> bool:
+def _fits(task: Task, cfg: EvalConfig, tokenizer, hay, length: int, settings: dict[str, int]) -> bool:
     try:
-        instances(task, ctx.tokenizer, hay, length, max(axis_values(ctx.cfg, task)), 1, ctx.cfg.seed, settings)
+        instances(task, tokenizer, hay, length, max(axis_values(cfg, task)), 1, cfg.seed, settings)
     except TooShort:
         return False
     return True
 
 
-def task_lengths(ctx: EvalContext, task: Task, hay, settings: dict[str, int]) -> list[int]:
-    """``EvalConfig.task_lengths`` (each checked: a length too short for the content is a ``UserError``), else the
-    evaluation lengths up to 8192 that hold the task's content."""
-    if ctx.cfg.task_lengths:
-        for length in ctx.cfg.task_lengths:
-            instances(task, ctx.tokenizer, hay, length, max(axis_values(ctx.cfg, task)), 1, ctx.cfg.seed, settings)
-        return list(ctx.cfg.task_lengths)
-    chosen = [L for L in ctx.lengths if L <= LONGEST_DEFAULT_LENGTH and _fits(task, ctx, hay, L, settings)]
+def task_lengths(cfg: EvalConfig, tokenizer, lengths: list[int], task: Task, hay,
+                 settings: dict[str, int]) -> list[int]:
+    """``cfg.task_lengths`` (each checked: a length too short for the content is a ``UserError``), else those of the
+    evaluation ``lengths`` up to 8192 that hold the task's content."""
+    if cfg.task_lengths:
+        for length in cfg.task_lengths:
+            instances(task, tokenizer, hay, length, max(axis_values(cfg, task)), 1, cfg.seed, settings)
+        return list(cfg.task_lengths)
+    chosen = [L for L in lengths if L <= LONGEST_DEFAULT_LENGTH and _fits(task, cfg, tokenizer, hay, L, settings)]
     if not chosen:
         raise UserError(f"{task.name}: no evaluation length up to {LONGEST_DEFAULT_LENGTH} holds the task's content; "
                         f"give --task-lengths")
@@ -144,8 +145,9 @@ def task_metric_settings(name: str):
         params = task_settings(ctx.cfg, task)
         task.check_params(params)
         hay = load_haystack(ctx.cfg.task_haystack, ctx.tokenizer)
-        return {f"{name}_lengths": task_lengths(ctx, task, hay, params), f"{name}_axis": axis_values(ctx.cfg, task),
-                f"{name}_settings": params, "task_trials": ctx.cfg.task_trials,
+        lengths = task_lengths(ctx.cfg, ctx.tokenizer, ctx.lengths, task, hay, params)
+        return {f"{name}_lengths": lengths, f"{name}_axis": axis_values(ctx.cfg, task), f"{name}_settings": params,
+                "task_trials": ctx.cfg.task_trials,
                 "task_haystack": ctx.cfg.task_haystack}
 
     return settings
@@ -156,7 +158,7 @@ def compute_task(ctx: EvalContext, name: str) -> TaskResult:
     cfg, task = ctx.cfg, TASKS[name]
     params = task_settings(cfg, task)
     hay = load_haystack(cfg.task_haystack, ctx.tokenizer)
-    lengths, values = task_lengths(ctx, task, hay, params), axis_values(cfg, task)
+    lengths, values = task_lengths(ctx.cfg, ctx.tokenizer, ctx.lengths, task, hay, params), axis_values(cfg, task)
     key = {"format": 1, "axis": values, "trials": cfg.task_trials, "settings": params, "seed": cfg.seed,
            "haystack": cfg.task_haystack, "tokenizer": ctx.tokenizer.identity}
     per_length: dict[str, dict[str, Any]] = {}
