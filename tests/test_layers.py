@@ -233,7 +233,7 @@ def test_cycle_finder_reports_one_cycle_per_tangle():
 # ----------------------------------------------------------------------------------------------------------
 # Layers (/work/notes/redesign.md, "Target layers").
 
-APPLICATIONS = ("sweep", "quickstart", "calibrate", "convert", "generate", "lm_eval_adapter")
+APPLICATIONS = ("sweep", "quickstart", "calibrate", "convert", "generate", "lm_eval_adapter", "task_export")
 
 
 def in_part(module: str, *parts: str) -> bool:
