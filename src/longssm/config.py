@@ -448,6 +448,8 @@ class EvalConfig(Checked):
     mqar_echo: int = spec(0, ge=0, le=1)
     """1: mqar asks its queries once more, unscored, right after the pairs (the format of mqar training data made
     with echo=1)."""
+    mqar_terse: int = spec(0, ge=0, le=1)
+    """1: mqar's markers are P:, C:, R: instead of words (instances short enough for byte-level windows of 16)."""
     mqar_key_letters: int = spec(3, ge=1)
     """Letters of each mqar key (26^letters keys exist: more pairs than that is an error)."""
     copy_fractions: list[float] = spec(factory=lambda: [0.1, 0.25, 0.5], gt=0, le=0.5)

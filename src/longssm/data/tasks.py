@@ -28,7 +28,8 @@ Formats (``{v}``: a random number of ``digits`` digits without a leading zero; `
     mqar            "Remember the pairs:" ( " {k}" " {v}" )×pairs "." [hay] "\\nRecall:" ( " {k}" ⟨ " {v}"⟩ )×queries;
                     with echo=1 the queries are asked once more, unscored, right after the pairs: "\\nCheck:"
                     ( " {k}" " {v}" )×queries before the haystack (training data whose windows teach storing the
-                    pairs: under truncated BPTT nothing else does, see ``synthetic.py``)
+                    pairs: under truncated BPTT nothing else does, see ``synthetic.py``); terse=1 writes the
+                    markers "P:", "\\nC:", "\\nR:" instead
     copy            "Copy the words:" ( " {k}" )×n [hay] "\\nThe words again:" ( ⟨" {k}"⟩ )×n
     niah_multikey   "Some special magic numbers are hidden in the text. Remember them.\\n" [hay with needles
                     " One of the special magic numbers for {k} is: {v}." for `needles` distinct keys]
@@ -287,29 +288,34 @@ class Task:
                 out[key] = int(value)
             except (TypeError, ValueError):
                 raise UserError(f"task {self.name}: {key} must be an integer; got {value!r}") from None
-            low, high = (0, 1) if key == "echo" else (1, None)
+            low, high = (0, 1) if key in ("echo", "terse") else (1, None)
             if out[key] < low or (high is not None and out[key] > high):
                 raise UserError(f"task {self.name}: {key} must be {'0 or 1' if high else '>= 1'}; got {value!r}")
         return out
 
 
-def mqar(rng, tokenizer, hay, length, pairs, digits, key_letters, queries, echo) -> Instance:
+MQAR_MARKERS = {0: ("Remember the pairs:", "\nCheck:", "\nRecall:"), 1: ("P:", "\nC:", "\nR:")}
+"""mqar's three markers, in words (terse=0) or terse (terse=1: short enough for byte-level windows of 16)."""
+
+
+def mqar(rng, tokenizer, hay, length, pairs, digits, key_letters, queries, echo, terse) -> Instance:
     pairs = int(pairs)
     keys = distinct(rng, pairs, lambda r: word(r, key_letters), 26**key_letters, "mqar keys")
     values = [number(rng, digits) for _ in keys]
     asked = [int(i) for i in rng.permutation(pairs)[: min(queries, pairs)]]
+    start, check, recall = MQAR_MARKERS[terse]
     b = Builder(tokenizer)
-    b.add("Remember the pairs:")
+    b.add(start)
     for k, v in zip(keys, values):
         b.add(f" {k}")
         b.add(f" {v}")
     b.add(".")
     if echo:  # the queries asked once right away, unscored: text inside a training window that teaches storing
-        b.add("\nCheck:")
+        b.add(check)
         for i in asked:
             b.add(f" {keys[i]}")
             b.add(f" {values[i]}")
-    tail = ["\nRecall:"] + [t for i in asked for t in (f" {keys[i]}", f" {values[i]}")]
+    tail = [recall] + [t for i in asked for t in (f" {keys[i]}", f" {values[i]}")]
     need = b.length() + cost(tokenizer, tail)
     if need > length:
         raise too_short("mqar", length, need)
@@ -322,8 +328,9 @@ def mqar(rng, tokenizer, hay, length, pairs, digits, key_letters, queries, echo)
 
 
 def parse_mqar(text: str) -> list[str]:
-    head, _, recall = text.rpartition("\nRecall:")
-    pairs = dict(re.findall(r" ([a-z]+) (\d+)", head.partition("Remember the pairs:")[2].partition(".")[0]))
+    start, _, end = MQAR_MARKERS[0] if "\nRecall:" in text else MQAR_MARKERS[1]
+    head, _, recall = text.rpartition(end)
+    pairs = dict(re.findall(r" ([a-z]+) (\d+)", head.partition(start)[2].partition(".")[0]))
     return [f" {pairs[k]}" for k in re.findall(r" ([a-z]+) \d+", recall)]
 
 
@@ -494,7 +501,8 @@ def _niah_task(name: str) -> Task:
 
 
 TASKS: dict[str, Task] = {
-    "mqar": Task("mqar", "pairs", (4, 8, 16), {"digits": 3, "key_letters": 3, "queries": 4, "echo": 0},
+    "mqar": Task("mqar", "pairs", (4, 8, 16), {"digits": 3, "key_letters": 3, "queries": 4, "echo": 0,
+                                                       "terse": 0},
                  mqar, parse_mqar, _number_guess, _number_chance),
     "copy": Task("copy", "fraction", (0.1, 0.25, 0.5), {"letters": 5},
                  copy_task, parse_copy, _word_guess, _word_chance),
