@@ -24,14 +24,14 @@ from longssm.data.corpus import load_corpus
 from longssm.data.tokenizer import ByteTokenizer
 from longssm.errors import UserError
 from longssm.evaluate.perplexity import eval_token_count, length_curve, ppl_vs_length
-from longssm.evaluate.registry import metric_names
+from longssm.evaluate.registry import normalise_metrics
 from longssm.evaluate.remembrance import effective_remembrance
 from longssm.evaluate.report import length_extension_verdict, markdown_table
 from longssm.evaluate.run import evaluate_run
 from longssm.evaluate.state_stats import log_grid
 from longssm.train import train
 
-METRICS = list(metric_names())
+METRICS = normalise_metrics(["all"])
 
 
 @pytest.fixture(scope="module")

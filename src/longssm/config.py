@@ -395,8 +395,8 @@ class EvalConfig(Checked):
     on; null = the run's data.valid."""
     metrics: list[str] = spec(factory=lambda: ["ppl_vs_length"])
     """Comma-separated metrics (ppl_vs_length, position_ppl, effective_remembrance, passkey, state_stats, mqar,
-    copy, niah_multikey, niah_multivalue, niah_multiquery, variable_tracking) or all; the evaluation runs them in
-    that order."""
+    copy, niah_multikey, niah_multivalue, niah_multiquery, variable_tracking), all (every one but the long-context
+    tasks) or tasks (those six); the evaluation runs them in that order."""
     lengths: list[int] | None = spec(None, ge=1)
     """Comma-separated evaluation lengths; null = 16, 32, ..., 32768 up to what the data holds."""
     max_tokens: int | None = spec(None, ge=1)

@@ -156,16 +156,17 @@ def metric_names() -> tuple[str, ...]:
 
 
 def normalise_metrics(names: list[str]) -> list[str]:
-    """``EvalConfig.metrics`` as the evaluation runs them: ``["all"]`` -> every registered metric, the others in
-    canonical order (that of :func:`metric_names`). ``ConfigError`` naming the key ``metrics`` for an unknown name
-    or an empty list."""
+    """``EvalConfig.metrics`` as the evaluation runs them, in canonical order (that of :func:`metric_names`):
+    ``all`` -> every registered metric but the long-context tasks, ``tasks`` -> the long-context tasks (``mqar``,
+    ``copy``, ...: each generates its own instances, and lengths too short for them are an error).
+    ``ConfigError`` naming the key ``metrics`` for an unknown name or an empty list."""
     known = metric_names()
-    if list(names) == ["all"]:
-        return list(known)
-    if not names or any(name not in known for name in names):
-        raise ConfigError("metrics", f"a comma-separated subset of {','.join(known)} (or all)", list(names),
+    groups = {"all": [n for n in known if n not in EVAL_TASKS], "tasks": list(EVAL_TASKS)}
+    wanted = {m for name in names for m in groups.get(name, [name])}
+    if not names or any(name not in known for name in wanted):
+        raise ConfigError("metrics", f"a comma-separated subset of {','.join(known)} (or all, tasks)", list(names),
                           got=",".join(names) or "nothing")
-    return [name for name in known if name in names]
+    return [name for name in known if name in wanted]
 
 
 def get_metric(name: str) -> Metric:
