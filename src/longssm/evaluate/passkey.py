@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..data.tasks import PASSKEY_PREFIX, PASSKEY_QUESTION, REPEAT, number
 from ..errors import UserError
 from ..models.base import State, select_rows
 from ..runtime.feed import feed
@@ -42,10 +43,8 @@ from .registry import MetricResult, register_metric
 if TYPE_CHECKING:
     from .context import EvalContext
 
-PREFIX = "Find the pass key hidden in this text and remember it.\n"
-FILLER = ["The grass is green. ", "The sky is blue. ", "The sun is yellow. ", "Here we go. ", "There and back again. "]
+PREFIX, FILLER, QUESTION = PASSKEY_PREFIX, REPEAT, PASSKEY_QUESTION
 NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "
-QUESTION = "\nWhat is the pass key? The pass key is"
 DISTRACTORS = 9
 """K: random wrong keys the true key is ranked against (chance 1 / (K + 1))."""
 LONGEST_DEFAULT_LENGTH = 8192
@@ -63,9 +62,8 @@ class PasskeyPrompt:
     needle_at: int
 
 
-def random_key(rng: np.random.Generator, digits: int) -> str:
-    """A ``digits``-digit number without a leading zero."""
-    return str(int(rng.integers(1, 10))) + "".join(str(int(d)) for d in rng.integers(0, 10, digits - 1))
+random_key = number
+"""A ``digits``-digit number without a leading zero (the tasks' ``number``)."""
 
 
 def min_prompt_length(tokenizer, digits: int = 5) -> int:
